@@ -1,0 +1,161 @@
+"""Reading a checkpoint payload (verified against its manifest) and restoring objects."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from distengine import distributed as idist
+from distengine.checkpoint.errors import CheckpointIntegrityError
+from distengine.checkpoint.manifest import Manifest, manifest_name
+from distengine.checkpoint.state import RESERVED_KEY, apply_state
+from distengine.checkpoint.storage import Storage
+
+__all__ = ["load_objects", "read_payload", "split_url"]
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``"s3://b/run/c_1.pt"`` -> ``("s3://b/run", "c_1.pt")``; local paths alike.
+
+    Example:
+        >>> split_url("memory://run/checkpoint_3.pt")
+        ('memory://run', 'checkpoint_3.pt')
+    """
+    if "://" in url:
+        head, _, name = url.rstrip("/").rpartition("/")
+        if "://" not in head or head.endswith(":/"):
+            raise ValueError(f"Expected a file URL such as 's3://bucket/dir/file.pt', got {url!r}")
+        return head, name
+    head, name = os.path.split(os.path.abspath(os.path.expanduser(url)))
+    return head, name
+
+
+def read_payload(url: str, map_location: Any = None, **storage_options: Any) -> Any:
+    """Loads a checkpoint payload after checking it against its manifest.
+
+    A payload without a manifest (e.g. written by Ignite or by ``torch.save``) is loaded
+    with a warning that it was not verified.
+
+    Args:
+        url: the payload's path or URL (what ``Checkpoint.latest`` returns).
+        map_location: passed to ``torch.load``.
+        **storage_options: passed to the fsspec filesystem.
+
+    Raises:
+        CheckpointIntegrityError: the payload does not match its manifest or does not load.
+        FileNotFoundError: there is no such payload.
+
+    Example:
+        >>> sd = read_payload("/ckpt/checkpoint_100.pt", map_location="cpu")  # doctest: +SKIP
+    """
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(f"Expected a checkpoint path or URL (str), got {type(url).__name__}")
+    directory, name = split_url(os.fspath(url))
+    storage = Storage(directory, **storage_options)
+    try:
+        raw_manifest = storage.read(manifest_name(name))
+    except FileNotFoundError:
+        raw_manifest = None
+    if raw_manifest is None:
+        warnings.warn(
+            f"{storage.url_of(name)} has no manifest ({manifest_name(name)}): loading it unverified",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        f = storage.open_read(name)
+    else:
+        try:
+            manifest = Manifest.from_json(raw_manifest)
+        except ValueError as e:
+            raise CheckpointIntegrityError(
+                f"{storage.url_of(manifest_name(name))}: invalid manifest: {e}"
+            ) from None
+        if manifest.payload != name:
+            raise CheckpointIntegrityError(
+                f"{storage.url_of(manifest_name(name))} describes {manifest.payload!r}, not {name!r}"
+            )
+        f = storage.open_verified(name, size=manifest.size, sha256=manifest.sha256)
+    with f:
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise CheckpointIntegrityError(f"{storage.url_of(name)}: cannot be loaded: {e}") from e
+
+
+def load_objects(
+    to_load: Mapping[str, Any],
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    strict: bool = True,
+    map_location: Any = None,
+    **storage_options: Any,
+) -> None:
+    """Restores each object of ``to_load`` from ``checkpoint``; see ``Checkpoint.load_objects``."""
+    if not isinstance(to_load, Mapping):
+        raise TypeError(
+            f"Argument to_load should be a mapping of objects, got {type(to_load).__name__}"
+        )
+    for key, obj in to_load.items():
+        if not (hasattr(obj, "load_state_dict") or hasattr(obj, "load_rank_state_dict")):
+            raise TypeError(
+                f"Object {key!r} ({type(obj).__name__}) should have a load_state_dict method"
+            )
+    if isinstance(checkpoint, (str, os.PathLike)):
+        payload = read_payload(os.fspath(checkpoint), map_location, **storage_options)
+    elif isinstance(checkpoint, Mapping):
+        payload = checkpoint
+    else:
+        raise TypeError(
+            f"Argument checkpoint should be a path/URL string or a mapping, got {type(checkpoint).__name__}"
+        )
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"Expected the checkpoint to hold a mapping, got {type(payload).__name__}")
+    meta = payload.get(RESERVED_KEY)
+    if len(to_load) == 1 and meta is None:
+        # A checkpoint of a single object holds that object's state_dict directly (Ignite).
+        key, obj = next(iter(to_load.items()))
+        if key not in payload:
+            apply_state(obj, payload, strict)
+            return
+    rank_states: Mapping[str, list] = meta["rank_states"] if meta is not None else {}
+    missing = [k for k in to_load if k not in payload and k not in rank_states]
+    if missing and strict:
+        present = sorted(k for k in payload if k != RESERVED_KEY)
+        raise ValueError(
+            f"Objects {missing} are not in the checkpoint, which holds {present} (strict=True)"
+        )
+    for key, obj in to_load.items():
+        if key in payload and hasattr(obj, "load_state_dict"):
+            apply_state(obj, payload[key], strict)
+    if rank_states:
+        _load_rank_states(to_load, rank_states, int(meta["world_size"]))
+
+
+def _load_rank_states(
+    to_load: Mapping[str, Any], rank_states: Mapping[str, list], saved_world: int
+) -> None:
+    keys = [
+        k
+        for k, obj in to_load.items()
+        if k in rank_states and callable(getattr(obj, "load_rank_state_dict", None))
+    ]
+    if not keys:
+        return
+    world = idist.get_world_size()
+    if world != saved_world:
+        # Per-rank state (RNG streams, metric accumulators) has no meaning for a rank that
+        # did not exist, or that now reads other samples: the global state is restored,
+        # these are not, and the run is then equal to float tolerance, not bitwise.
+        warnings.warn(
+            f"Checkpoint saved with world size {saved_world}, loading at world size {world}: "
+            f"the per-rank state of {keys} (RNG states, metric accumulators) is not restored",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    rank = idist.get_rank()
+    for key in keys:
+        to_load[key].load_rank_state_dict(rank_states[key][rank])

@@ -1,0 +1,6 @@
+"""Resumable, sharded sampling and per-sample seeding (DESIGN.md contracts 2 and 3)."""
+
+from distengine.data.sampler import ResumableDistributedSampler
+from distengine.data.seeded import SeededDataset
+
+__all__ = ["ResumableDistributedSampler", "SeededDataset"]

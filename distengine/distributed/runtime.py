@@ -1,0 +1,395 @@
+"""The process group of this process: creation from the launcher's environment, teardown, failure.
+
+One :class:`Runtime` per process holds what distengine created: the store connection, the
+default process group, a gloo side group under NCCL, and the failure watchdog. Every
+distengine call that needs the group goes through :func:`active`, which creates it on first
+use when launcher variables are present. Without them the process is a job of one and
+:func:`active` returns ``None``.
+
+Teardown order matters on torch 2.13 (PLATFORM_NOTES.md): DDP modules are released first
+(see :mod:`.teardown`), then the process groups are destroyed, then the stores are
+dropped. A process that reported a failure does not tear down at all: its peers are dying,
+so it flushes its output and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .env import LauncherEnv, failure_timeout_from_env, read_env
+from .stores import connect_store, watch_connection
+from .teardown import release_ddp_modules
+from .watchdog import ALL_RELEASED, FAILURE_EXIT_CODE, FailureWatchdog, record_failure
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Runtime",
+    "active",
+    "finalize",
+    "initialize",
+    "notify_failure",
+    "passive_env",
+]
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+"""Default bound on any collective (passed to ``init_process_group``)."""
+
+_CLOSED = "exit/closed"
+_ALL_CLOSED = "exit/all_closed"
+
+
+@dataclass
+class Runtime:
+    """What distengine created in this process (internal; see :func:`initialize`)."""
+
+    env: LauncherEnv
+    backend: str
+    timeout: timedelta
+    failure_timeout: float
+    store: dist.Store  # handed to init_process_group (attempt-prefixed under an agent)
+    keys: dist.Store  # distengine's own keys (failure record, rendezvous, exit)
+    base_store: dist.Store  # the TCP connection (or server, on rank 0 without an agent)
+    owns_group: bool
+    cpu_group: Any = None  # gloo side group under NCCL, else None (the default group is CPU)
+    watchdog: FailureWatchdog | None = None
+    watch_store: dist.Store | None = None
+    pid: int = field(default_factory=os.getpid)
+    failed: bool = False
+    previous_excepthook: Any = None
+
+    @property
+    def hosts_store(self) -> bool:
+        return self.owns_group and not self.env.hosted_store and self.env.rank == 0
+
+
+_LOCK = threading.RLock()
+_runtime: Runtime | None = None
+_finalized = False
+_atexit_registered = False
+
+
+def _in_worker() -> bool:
+    """A DataLoader worker or a forked child: it must never join (or create) the group."""
+    if _runtime is not None and _runtime.pid != os.getpid():
+        return True
+    return torch.utils.data.get_worker_info() is not None
+
+
+def active() -> Runtime | None:
+    """The runtime of this process, created on first use under a launcher; ``None`` otherwise.
+
+    ``None`` means "a job of one": no launcher variables, after :func:`finalize`, or in a
+    DataLoader worker (see :func:`passive_env`).
+    """
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid():
+        return rt
+    if _finalized or _in_worker() or (read_env() is None and not dist.is_initialized()):
+        return None
+    initialize()
+    return _runtime
+
+
+def passive_env() -> LauncherEnv | None:
+    """The launcher variables of a process that must not use the group (a DataLoader worker).
+
+    Rank queries in such a process answer from these; collectives raise.
+    """
+    if _finalized or not _in_worker():
+        return None
+    rt = _runtime
+    return rt.env if rt is not None else read_env()
+
+
+def _env_from_group() -> LauncherEnv:
+    """Launcher-like description of a group the user created without launcher variables."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    return LauncherEnv(
+        rank=rank,
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+        nnodes=int(os.environ.get("GROUP_WORLD_SIZE", 1)),
+        master_addr="",
+        master_port=0,
+        hosted_store=False,
+        restart_count=0,
+    )
+
+
+def _as_timedelta(value: float | timedelta | None, name: str, default: timedelta) -> timedelta:
+    if value is None:
+        return default
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{name} must be seconds (a number) or a datetime.timedelta, got {type(value).__name__}"
+        )
+    if not seconds > 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {seconds}")
+    return timedelta(seconds=seconds)
+
+
+def _resolve_backend(backend: str | None) -> str:
+    if backend is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"backend must be a str such as 'gloo' or 'nccl', got {type(backend).__name__}"
+        )
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError(
+            "backend 'nccl' needs CUDA, but torch.cuda.is_available() is False; use 'gloo'"
+        )
+    return backend
+
+
+def initialize(
+    backend: str | None = None,
+    timeout: float | timedelta | None = None,
+    *,
+    failure_timeout: float | None = None,
+    **pg_kwargs: Any,
+) -> None:
+    """Creates the process group from the launcher's environment (no-op without a launcher).
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
+    (as set by torchrun or :func:`spawn`). Backend ``nccl`` when CUDA is available, else
+    ``gloo``; under NCCL the CUDA device is set from ``LOCAL_RANK`` and a gloo side group is
+    created for CPU agreement. At world size > 1 a watchdog thread ends this process when
+    another rank reports a failure. Calling it again is a no-op. You rarely need to call
+    it: any distengine call that needs the group initializes it on first use.
+
+    Args:
+        backend: ``"gloo"``, ``"nccl"`` or another torch backend; default as above.
+        timeout: bound on every collective, in seconds or a ``timedelta`` (default 30 min).
+        failure_timeout: seconds within which every rank ends after one rank reported a
+            failure (default ``DISTENGINE_FAILURE_TIMEOUT`` or 10).
+        **pg_kwargs: passed to ``torch.distributed.init_process_group``.
+
+    Raises:
+        ValueError: incomplete launcher variables, ``nccl`` without CUDA, non-positive
+            timeouts, or a backend different from the one already initialized.
+        TypeError: a timeout or backend of the wrong type.
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.initialize()  # under torchrun: creates the group; alone: nothing to do
+        >>> idist.get_world_size() >= 1
+        True
+    """
+    global _runtime, _finalized, _atexit_registered
+    with _LOCK:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            if backend is not None and backend != _runtime.backend:
+                raise ValueError(
+                    f"already initialized with backend {_runtime.backend!r}, got backend={backend!r}"
+                )
+            return
+        if _in_worker():
+            raise RuntimeError(
+                "initialize() cannot run in a DataLoader worker or a forked child of a rank"
+            )
+        env = read_env()
+        if env is None and dist.is_initialized():
+            env = _env_from_group()
+        pg_timeout = _as_timedelta(timeout, "timeout", DEFAULT_TIMEOUT)
+        ft = failure_timeout_from_env() if failure_timeout is None else failure_timeout
+        if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not ft > 0:
+            raise ValueError(f"failure_timeout must be a number of seconds > 0, got {ft!r}")
+        _finalized = False
+        if env is None:
+            return
+        if dist.is_initialized():
+            current = dist.get_backend()
+            if backend is not None and backend != current:
+                raise ValueError(
+                    f"the process group already uses backend {current!r}, got backend={backend!r}"
+                )
+            backend, owns_group = current, False
+        else:
+            backend, owns_group = _resolve_backend(backend), True
+        # torch.distributed.nn evaluates ``group=group.WORLD`` defaults at import time. If it
+        # is first imported after the group exists (DDP imports it through torch._dynamo),
+        # those defaults pin the default group forever and it can never be destroyed before
+        # interpreter exit (see .teardown). Importing it now captures ``None`` instead.
+        import torch.distributed.nn  # noqa: F401
+
+        if backend == "nccl":
+            torch.cuda.set_device(env.local_rank)
+        if owns_group:
+            base, store = connect_store(env, pg_timeout)
+            dist.init_process_group(
+                backend,
+                store=store,
+                rank=env.rank,
+                world_size=env.world_size,
+                timeout=pg_timeout,
+                **pg_kwargs,
+            )
+        else:
+            # Adopted group (the user called init_process_group): its store may live
+            # anywhere, so reuse it rather than guess an address.
+            base = store = dist.distributed_c10d._get_default_store()
+        cpu_group = None
+        if "gloo" not in dist.get_backend() and env.world_size > 1:
+            cpu_group = dist.new_group(backend="gloo", timeout=pg_timeout)
+        rt = Runtime(
+            env=env,
+            backend=dist.get_backend(),
+            timeout=pg_timeout,
+            failure_timeout=float(ft),
+            store=store,
+            keys=dist.PrefixStore("distengine", store),
+            base_store=base,
+            owns_group=owns_group,
+            cpu_group=cpu_group,
+        )
+        if env.world_size > 1:
+            rt.watch_store = watch_connection(env, pg_timeout) if owns_group else rt.keys
+            rt.watchdog = FailureWatchdog(
+                rt.watch_store, env.rank, env.world_size, rt.failure_timeout
+            )
+            rt.watchdog.start()
+            rt.previous_excepthook = sys.excepthook
+            sys.excepthook = _excepthook
+        _runtime = rt
+        if not _atexit_registered:
+            atexit.register(_at_exit)
+            _atexit_registered = True
+
+
+def notify_failure(exc: BaseException) -> None:
+    """Marks the job failed: every other rank ends (status 1) within the failure timeout.
+
+    Writes this rank's exception into the store, where the watchdog of every peer sees it
+    within a fraction of a second, even while that peer is blocked in a collective. This
+    process then has ``failure_timeout`` seconds to end (its traceback, its
+    ``EXCEPTION_RAISED`` handlers); at exit it skips teardown and exits with status 1.
+    The engine calls it when an exception leaves ``run`` at world size > 1, and an uncaught
+    exception calls it too. No-op without a process group or at world size 1.
+
+    Args:
+        exc: the exception that ends the job.
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.notify_failure(ValueError("boom"))  # alone: nothing to notify
+    """
+    rt = _runtime
+    if rt is None or rt.pid != os.getpid() or rt.env.world_size == 1 or rt.failed:
+        return
+    rt.failed = True
+    if rt.watchdog is not None:
+        rt.watchdog.mark_own_failure()
+    try:
+        record_failure(rt.keys, rt.env.rank, exc)
+        if rt.watchdog is not None:
+            rt.watchdog.acknowledge(rt.keys)
+    except Exception as err:  # the store's host may be gone already; peers then end by timeout
+        sys.stderr.write(
+            f"[distengine] rank {rt.env.rank}: could not report the failure to the store: {err}\n"
+        )
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    rt = _runtime
+    notify_failure(exc)
+    previous = (
+        rt.previous_excepthook if rt is not None and rt.previous_excepthook else sys.__excepthook__
+    )
+    previous(exc_type, exc, tb)
+
+
+def _close_handshake(rt: Runtime) -> None:
+    """Keeps the store's host (rank 0 without an agent) alive until every rank stopped using it.
+
+    Otherwise a peer's watchdog would find the store gone while that peer is still finishing.
+    The host waits at most ``failure_timeout``; its watchdog keeps running meanwhile, so a
+    peer failing at the very end still ends it.
+    """
+    try:
+        if rt.hosts_store:
+            if rt.keys.add(_CLOSED, 1) < rt.env.world_size:
+                rt.keys.wait([_ALL_CLOSED], timedelta(seconds=rt.failure_timeout))
+        else:
+            if rt.watchdog is not None:
+                rt.watchdog.stop()
+            if rt.keys.add(_CLOSED, 1) == rt.env.world_size:
+                rt.keys.set(_ALL_CLOSED, "1")
+    except Exception:  # a peer is late or the host is gone: nothing more to coordinate
+        pass
+
+
+def finalize() -> None:
+    """Tears down what :func:`initialize` created, in an order that exits cleanly.
+
+    Releases the DDP modules made by :func:`auto_model`, stops the watchdog, destroys the
+    process groups distengine created and drops the store connections. Afterwards this
+    process is a job of one again (rank 0, world size 1) until :func:`initialize` is called.
+    Runs at interpreter exit too. After this rank reported a failure it does nothing: the
+    exit path ends the process with status 1 instead.
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.finalize()
+        >>> idist.get_world_size()
+        1
+    """
+    global _runtime, _finalized
+    with _LOCK:
+        rt = _runtime
+        _finalized = True
+        if rt is None or rt.pid != os.getpid():
+            return
+        if rt.failed:
+            return
+        release_ddp_modules()
+        if rt.env.world_size > 1:
+            _close_handshake(rt)
+        if rt.watchdog is not None:
+            rt.watchdog.stop()
+        if sys.excepthook is _excepthook:
+            sys.excepthook = rt.previous_excepthook or sys.__excepthook__
+        if rt.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        _runtime = None
+        rt.cpu_group = None
+        # Stores last: the group must be gone before its store (PLATFORM_NOTES.md).
+        rt.watch_store = rt.keys = rt.store = rt.base_store = None  # type: ignore[assignment]
+
+
+def _at_exit() -> None:
+    rt = _runtime
+    if rt is None or rt.pid != os.getpid():
+        return
+    if rt.failed or (rt.watchdog is not None and rt.watchdog.ending):
+        # Peers are dying: tearing down could block on them or abort in a destructor.
+        if rt.failed and rt.hosts_store:
+            # Our store dies with us: first let every peer read why the job failed.
+            try:
+                rt.keys.wait([ALL_RELEASED], timedelta(seconds=rt.failure_timeout))
+            except Exception:
+                pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(FAILURE_EXIT_CODE)
+    try:
+        finalize()
+    except Exception as err:
+        sys.stderr.write(f"[distengine] finalize at exit failed: {err}\n")

@@ -1,0 +1,76 @@
+"""Validation of engine state dicts (what ``load_state_dict`` accepts and why it refuses)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["check_state_dict"]
+
+
+def _int_or_none(sd: Mapping, key: str, minimum: int) -> None:
+    v = sd.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"state_dict[{key!r}] must be an integer >= {minimum} or None, got {v!r}")
+
+
+def check_state_dict(state_dict: Any, user_keys: list[str]) -> dict[str, Any]:
+    """Returns a normalized copy of an engine state dict, or raises a clear error.
+
+    Accepts Ignite's forms: ``iteration`` or ``epoch`` (not both), ``epoch_length``,
+    ``max_epochs`` or ``max_iters``, and the user keys the engine declared.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    sd = dict(state_dict)
+    if "iteration" in sd and "epoch" in sd:
+        raise ValueError(
+            "state_dict must hold only one of 'iteration' and 'epoch', got both: "
+            f"iteration={sd['iteration']!r}, epoch={sd['epoch']!r}"
+        )
+    required = [("iteration or epoch", ("iteration", "epoch")), ("epoch_length", ("epoch_length",))]
+    required.append(("max_epochs or max_iters", ("max_epochs", "max_iters")))
+    missing = [name for name, keys in required if not any(k in sd for k in keys)]
+    missing += [k for k in user_keys if k not in sd]
+    if missing:
+        raise ValueError(f"state_dict is missing required keys: {missing} (got keys {sorted(sd)})")
+    length = sd["epoch_length"]
+    if (
+        length is None
+        or isinstance(length, bool)
+        or not isinstance(length, numbers.Integral)
+        or length < 1
+    ):
+        raise ValueError(f"state_dict['epoch_length'] must be a positive integer, got {length!r}")
+    for key in ("iteration", "epoch"):
+        _int_or_none(sd, key, 0)
+    _int_or_none(sd, "max_epochs", 1)
+    _int_or_none(sd, "max_iters", 1)
+    if "epoch" in sd:
+        sd["iteration"] = sd.pop("epoch") * length
+    if sd["iteration"] is None:
+        raise ValueError("state_dict['iteration'] must be an integer >= 0, got None")
+    epoch = sd["iteration"] // length
+    if sd.get("max_epochs") is not None and epoch > sd["max_epochs"]:
+        raise ValueError(
+            f"state_dict's epoch {epoch} (iteration {sd['iteration']} / epoch_length {length}) "
+            f"is beyond max_epochs={sd['max_epochs']}"
+        )
+    if sd.get("max_iters") is not None and sd["iteration"] > sd["max_iters"]:
+        raise ValueError(
+            f"state_dict's iteration {sd['iteration']} is beyond max_iters={sd['max_iters']}"
+        )
+    if (
+        "max_epochs" in sd
+        and "max_iters" in sd
+        and sd["max_epochs"] is not None
+        and sd["max_iters"] is not None
+    ):
+        raise ValueError("state_dict must hold only one of 'max_epochs' and 'max_iters'")
+    seed = sd.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"state_dict['seed'] must be an integer or None, got {seed!r}")
+    return sd

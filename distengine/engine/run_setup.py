@@ -1,0 +1,136 @@
+"""What ``Engine.run`` decides before the loop: new run or continuation, lengths, seed."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from distengine import distributed as idist
+
+if TYPE_CHECKING:
+    from distengine.engine.engine import Engine
+
+__all__ = ["prepare_run"]
+
+
+def _data_length(data: Any) -> int | None:
+    try:
+        return len(data) if hasattr(data, "__len__") else None
+    except TypeError:
+        return None
+
+
+def _set_limit(engine: Engine, name: str, value: int | None, progress: str) -> None:
+    if value is None:
+        return
+    if value < 1:
+        raise ValueError(f"Argument {name} must be a positive integer, got {value}")
+    done = getattr(engine.state, progress)
+    if value < done:
+        raise ValueError(
+            f"Argument {name}={value} is smaller than the {progress} already reached ({done}); "
+            f"set engine.state.{name} = None before run() to start again from the beginning"
+        )
+    setattr(engine.state, name, value)
+
+
+def _agree_on_seed(seed: int | None) -> int:
+    """One seed on all ranks: the given one (which must match everywhere) or rank 0's draw."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if idist.get_world_size() == 1:
+        return seed if seed is not None else _draw_seed()
+    given = idist.all_gather(-1 if seed is None else seed)
+    if len(set(given)) > 1:
+        raise ValueError(
+            f"run(seed=...) must be the same on every rank, got {given} (one per rank)"
+        )
+    if seed is not None:
+        return seed
+    return int(idist.broadcast(_draw_seed() if idist.get_rank() == 0 else 0, src=0))
+
+
+def _draw_seed() -> int:
+    # Not from torch's global RNG: drawing a seed must not shift the trainer's random stream.
+    return secrets.randbits(31)
+
+
+def prepare_run(
+    engine: Engine,
+    data: Iterable | None,
+    max_epochs: int | None,
+    epoch_length: int | None,
+    max_iters: int | None,
+    seed: int | None,
+) -> None:
+    s = engine.state
+    if data is not None and not isinstance(data, Iterable):
+        raise TypeError(f"Argument data must be iterable, got {type(data).__name__}")
+    if max_epochs is not None and max_iters is not None:
+        raise ValueError("Arguments max_iters and max_epochs are mutually exclusive: give only one")
+    if max_iters is not None and s.max_epochs is not None:
+        raise ValueError(
+            "To switch from max_epochs to max_iters when continuing a run, set "
+            "engine.state.max_epochs = None before run()"
+        )
+    if max_epochs is not None and s.max_iters is not None:
+        raise ValueError(
+            "To switch from max_iters to max_epochs when continuing a run, set "
+            "engine.state.max_iters = None before run()"
+        )
+    if s.max_epochs is not None:
+        _set_limit(engine, "max_epochs", max_epochs, "epoch")
+    if s.max_iters is not None:
+        _set_limit(engine, "max_iters", max_iters, "iteration")
+
+    new_run = (s.max_epochs is None and s.max_iters is None) or (
+        engine._is_done() and engine._run_gen is None
+    )
+    if new_run:
+        if data is None and epoch_length is None and s.epoch_length is None:
+            raise ValueError("epoch_length must be given when data is None")
+        if epoch_length is None:
+            epoch_length = _data_length(data) if data is not None else None
+            if epoch_length is None:
+                epoch_length = s.epoch_length
+        if epoch_length is not None and epoch_length < 1:
+            raise ValueError(
+                f"The data is empty or epoch_length is not positive: got {epoch_length}"
+            )
+        if max_iters is None and max_epochs is None:
+            max_epochs = 1
+        s.iteration = s.epoch = 0
+        s.max_epochs = None if max_iters is not None else max_epochs
+        s.max_iters = max_iters
+        s.epoch_length = epoch_length
+        s.seed = _agree_on_seed(seed)
+        engine._run_gen = None
+        engine._dataloader_iter = None
+        engine._data.reset()
+    else:
+        if s.epoch_length is not None:
+            if epoch_length is not None and epoch_length != s.epoch_length:
+                raise ValueError(
+                    f"Argument epoch_length must match the state's: given {epoch_length}, "
+                    f"state has {s.epoch_length}"
+                )
+        else:
+            if epoch_length is None and data is not None:
+                epoch_length = _data_length(data)
+            if epoch_length is not None:
+                if epoch_length < 1:
+                    raise ValueError(f"epoch_length must be positive, got {epoch_length}")
+                s.epoch_length = epoch_length
+        if s.epoch_length is None and data is None:
+            raise ValueError("epoch_length must be given when data is None")
+        if seed is not None and s.seed is not None and seed != s.seed:
+            raise ValueError(
+                f"This run continues a run with seed {s.seed}: got seed={seed}. The saved seed "
+                "decides the data order; pass the same seed or none"
+            )
+        if s.seed is None:
+            s.seed = _agree_on_seed(seed)
+    if engine._dataloader_iter is None:
+        s.dataloader = data
+        engine._data.bind(data)

@@ -1,0 +1,176 @@
+"""Helpers shared by the display and logging handlers.
+
+Two jobs that ProgressBar, CSVLogger and TensorBoardLogger all need: turn an engine's
+output and metrics into flat ``{name: scalar}`` dicts, and tell which state counter
+(iteration or epoch) an event -- filtered or not -- advances.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+# Which counter of ``engine.state`` an event is counted by (Ignite's mapping). Events are
+# compared by name so that filtered events (``Events.ITERATION_COMPLETED(every=10)``) and
+# plain members map alike, whatever class the filter wrapper is.
+_ITERATION_EVENTS = frozenset(
+    {"ITERATION_STARTED", "ITERATION_COMPLETED", "GET_BATCH_STARTED", "GET_BATCH_COMPLETED"}
+)
+_EPOCH_EVENTS = frozenset({"EPOCH_STARTED", "EPOCH_COMPLETED", "STARTED", "COMPLETED"})
+
+# Order in which the standard events fire inside one run (used to check that a bar
+# advances before it is closed).
+EVENT_ORDER = (
+    "STARTED",
+    "EPOCH_STARTED",
+    "ITERATION_STARTED",
+    "ITERATION_COMPLETED",
+    "EPOCH_COMPLETED",
+    "COMPLETED",
+)
+
+
+def event_name(event: Any) -> str:
+    """Return the upper-case name of an event (``"ITERATION_COMPLETED"``), filtered or not."""
+    name = getattr(event, "name", None)
+    if isinstance(name, str):
+        return name.upper()
+    return str(event).rsplit(".", 1)[-1].upper()
+
+
+def is_filtered(event: Any) -> bool:
+    """Return True if ``event`` carries a filter (``every``/``once``/``before``/...)."""
+    return getattr(event, "filter", None) is not None
+
+
+def event_counter(event: Any) -> str:
+    """Return ``"iteration"`` or ``"epoch"``: the state attribute that counts ``event``."""
+    name = event_name(event)
+    if name in _EPOCH_EVENTS:
+        return "epoch"
+    return "iteration"
+
+
+def max_count(event: Any, state: Any) -> int | None:
+    """Return how many times ``event`` fires per bar: epoch length or max epochs, if known."""
+    name = event_name(event)
+    if name in _ITERATION_EVENTS:
+        return state.epoch_length
+    if name in ("EPOCH_STARTED", "EPOCH_COMPLETED"):
+        return state.max_epochs
+    return 1
+
+
+def to_scalars(
+    name: str, value: Any, *, separator: str = "/", allow_text: bool = False
+) -> dict[str, float | int | str]:
+    """Flatten one named value into scalars.
+
+    Numbers stay numbers, 0-d tensors become Python numbers, 1-d tensors become one entry
+    per element (``name{separator}i``), mappings are flattened with their keys. Values that
+    cannot be shown as scalars are skipped with a warning.
+
+    Args:
+        name: name of the value.
+        value: the value to flatten.
+        separator: joins a name and a key or element index.
+        allow_text: keep strings (a progress bar can show them, a scalar logger cannot).
+
+    Returns:
+        An ordered ``{name: scalar}`` dict.
+
+    Example:
+        >>> to_scalars("loss", torch.tensor([1.0, 2.0]))
+        {'loss/0': 1.0, 'loss/1': 2.0}
+    """
+    if isinstance(value, bool):
+        return {name: int(value)}
+    if isinstance(value, numbers.Number):
+        return {name: value}
+    if isinstance(value, str):
+        if allow_text:
+            return {name: value}
+    elif isinstance(value, torch.Tensor):
+        if value.ndim == 0:
+            return {name: value.item()}
+        if value.ndim == 1:
+            return {f"{name}{separator}{i}": v.item() for i, v in enumerate(value)}
+    elif isinstance(value, Mapping):
+        out: dict[str, float | int | str] = {}
+        for key, sub in value.items():
+            out.update(
+                to_scalars(
+                    f"{name}{separator}{key}", sub, separator=separator, allow_text=allow_text
+                )
+            )
+        return out
+    warnings.warn(
+        f"cannot log {name!r}: expected a number, a 0-d or 1-d tensor"
+        f"{' or a string' if allow_text else ''}, got {type(value).__name__}",
+        stacklevel=3,
+    )
+    return {}
+
+
+def check_metric_names(metric_names: Any) -> list[str] | str | None:
+    """Validate ``metric_names``: None, ``"all"`` or a list of metric names.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if metric_names is None or metric_names == "all":
+        return metric_names
+    if isinstance(metric_names, Sequence) and not isinstance(metric_names, str):
+        if all(isinstance(n, str) for n in metric_names):
+            return list(metric_names)
+    raise TypeError(
+        f"metric_names should be None, 'all' or a list of metric names (str), got {metric_names!r}"
+    )
+
+
+def collect(
+    engine: Any,
+    metric_names: list[str] | str | None,
+    output_transform: Callable[[Any], Any] | None,
+    *,
+    separator: str = "/",
+    allow_text: bool = False,
+) -> dict[str, float | int | str]:
+    """Gather the chosen metrics of ``engine.state.metrics`` and the transformed output.
+
+    Args:
+        engine: the engine whose state is read.
+        metric_names: ``"all"``, a list of names, or None for no metrics. A name missing
+            from ``engine.state.metrics`` is skipped with a warning.
+        output_transform: maps ``engine.state.output`` to a scalar (shown as ``"output"``)
+            or to a ``{name: value}`` dict; None logs no output.
+        separator: see :func:`to_scalars`.
+        allow_text: see :func:`to_scalars`.
+
+    Returns:
+        A flat ``{name: scalar}`` dict, metrics first.
+    """
+    values: dict[str, Any] = {}
+    metrics = engine.state.metrics
+    if metric_names == "all":
+        values.update(metrics)
+    elif metric_names is not None:
+        for name in metric_names:
+            if name not in metrics:
+                warnings.warn(
+                    f"metric {name!r} is not in engine.state.metrics (has {sorted(metrics)})",
+                    stacklevel=3,
+                )
+                continue
+            values[name] = metrics[name]
+    if output_transform is not None:
+        out = output_transform(engine.state.output)
+        values.update(out if isinstance(out, Mapping) else {"output": out})
+    flat: dict[str, float | int | str] = {}
+    for name, value in values.items():
+        flat.update(to_scalars(str(name), value, separator=separator, allow_text=allow_text))
+    return flat

@@ -1,0 +1,65 @@
+"""TensorBoardLogger: scalars to TensorBoard event files, from the main process only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distengine.handlers.base_logger import BaseLogger
+
+
+def _summary_writer_class() -> type:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(
+            "TensorBoardLogger needs the tensorboard package, which is not installed: "
+            "pip install 'distengine[tensorboard]' (or pip install tensorboard)"
+        ) from exc
+    return SummaryWriter
+
+
+class TensorBoardLogger(BaseLogger):
+    """Write logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
+
+    Uses ``torch.utils.tensorboard.SummaryWriter`` (needs the optional ``tensorboard``
+    package: ``pip install 'distengine[tensorboard]'``). Only the main process creates the
+    writer, on the first logged value; other ranks create no files. Call ``close()`` (or
+    use it as a context manager) to flush the event file.
+
+    Args:
+        log_dir: folder of the event files.
+        **writer_kwargs: passed to ``SummaryWriter`` (e.g. ``flush_secs``, ``filename_suffix``).
+
+    Raises:
+        ImportError: if tensorboard is not installed (on every rank, at construction).
+
+    Example:
+        >>> with TensorBoardLogger("runs/exp1") as tb_logger:
+        ...     tb_logger.attach_output_handler(
+        ...         trainer, Events.ITERATION_COMPLETED(every=10), tag="training",
+        ...         output_transform=lambda loss: {"loss": loss})
+        ...     tb_logger.attach_output_handler(
+        ...         evaluator, Events.COMPLETED, tag="validation", metric_names="all",
+        ...         global_step_transform=global_step_from_engine(trainer))
+        ...     tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED, optimizer)
+        ...     trainer.run(loader, max_epochs=5)
+    """
+
+    def __init__(self, log_dir: str, **writer_kwargs: Any) -> None:
+        if not isinstance(log_dir, str) or not log_dir:
+            raise TypeError(f"log_dir should be a non-empty str, got {log_dir!r}")
+        self._writer_class = _summary_writer_class()
+        self.log_dir = log_dir
+        self._writer_kwargs = writer_kwargs
+        self.writer: Any = None
+
+    def _write(self, values: dict[str, float | int], epoch: int, iteration: int, step: int) -> None:
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=self.log_dir, **self._writer_kwargs)
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

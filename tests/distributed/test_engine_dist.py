@@ -1,0 +1,165 @@
+"""The Engine on 2-3 gloo ranks (idist.spawn): agreement, seeds, sharding, desync check, DDP."""
+
+import pytest
+import torch
+
+import distengine.distributed as idist
+from distengine.engine import Engine, Events, create_supervised_trainer
+
+TRACED = (
+    "EPOCH_STARTED",
+    "EPOCH_COMPLETED",
+    "TERMINATE",
+    "TERMINATE_SINGLE_EPOCH",
+    "INTERRUPT",
+    "COMPLETED",
+)
+
+
+def _traced_engine(trace):
+    eng = Engine(lambda e, b: b)
+    for name in TRACED:
+        eng.add_event_handler(
+            getattr(Events, name),
+            lambda e, n=name: trace.append((n, e.state.epoch, e.state.iteration)),
+        )
+    eng.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: trace.append(("it", e.state.iteration))
+    )
+    return eng
+
+
+def _agreement_job(local_rank, requester):
+    rank = idist.get_rank()
+    out = {}
+    # terminate() requested on one non-zero rank from ITERATION_STARTED of iteration 5
+    trace = []
+    eng = _traced_engine(trace)
+    if rank == requester:
+        eng.add_event_handler(Events.ITERATION_STARTED(once=5), lambda e: e.terminate())
+    eng.run(range(4), max_epochs=3, seed=1)
+    out["terminate"] = trace
+    # terminate_epoch() from GET_BATCH_COMPLETED of iteration 2
+    trace = []
+    eng = _traced_engine(trace)
+    if rank == requester:
+        eng.add_event_handler(Events.GET_BATCH_COMPLETED(once=1), lambda e: e.terminate_epoch())
+    eng.run(range(4), max_epochs=2, seed=1)
+    out["terminate_epoch"] = trace
+    # interrupt() then run() again, continuing in place
+    trace = []
+    eng = _traced_engine(trace)
+    if rank == requester:
+        eng.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.interrupt())
+    eng.run(range(4), max_epochs=2, seed=1)
+    trace.append(("returned", eng.state.iteration))
+    eng.run(range(4), max_epochs=2)
+    out["interrupt"] = trace
+    # terminate() from an epoch-level event: takes effect at that epoch boundary
+    trace = []
+    eng = _traced_engine(trace)
+    if rank == requester:
+        eng.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())
+    eng.run(range(4), max_epochs=3, seed=1)
+    out["epoch_level"] = trace
+    # seed drawn on rank 0 and broadcast
+    out["seed"] = Engine(lambda e, b: b).run(range(2)).seed
+    return out
+
+
+@pytest.mark.parametrize("world,requester", [(2, 1), (3, 2)])
+def test_requests_on_one_rank_take_effect_everywhere(world, requester):
+    results = idist.spawn(_agreement_job, world, args=(requester,))
+    ref = results[0]
+    for r in results[1:]:
+        assert r == ref  # same events, same iterations, same seed on every rank
+    its = [x[1] for x in ref["terminate"] if x[0] == "it"]
+    assert its == [1, 2, 3, 4, 5]  # stopped at the end of the iteration of the request
+    assert ref["terminate"][-2:] == [("TERMINATE", 2, 5), ("COMPLETED", 2, 5)]
+    # requested while fetching the batch of iteration 2: effective at the end of iteration 2
+    assert ("TERMINATE_SINGLE_EPOCH", 1, 2) in ref["terminate_epoch"]
+    assert ref["terminate_epoch"][-1] == ("COMPLETED", 2, 6)
+    assert ("returned", 6) in ref["interrupt"] and ref["interrupt"][-1] == ("COMPLETED", 2, 8)
+    assert ref["epoch_level"][-2:] == [("TERMINATE", 1, 4), ("COMPLETED", 1, 4)]
+
+
+def _seed_mismatch_job(local_rank):
+    try:
+        Engine(lambda e, b: b).run(range(2), seed=10 + idist.get_rank())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_different_seeds_rejected_on_every_rank():
+    msgs = idist.spawn(_seed_mismatch_job, 2)
+    assert all(m is not None and "same on every rank" in m for m in msgs)
+
+
+def _sharding_job(local_rank, n, gbs):
+    ds = torch.utils.data.TensorDataset(torch.arange(n))
+    loader = idist.auto_dataloader(ds, batch_size=gbs, shuffle=True)
+    seen = []
+
+    def step(engine, batch):
+        pad = engine.state.batch_padding
+        idx = batch[0].tolist()
+        seen.append((engine.state.iteration, idx[: len(idx) - pad] if pad else idx, pad))
+
+    Engine(step).run(loader, max_epochs=2, seed=3)
+    return seen
+
+
+def test_sharded_epochs_cover_each_sample_once_and_match_one_process():
+    n, gbs = 23, 6
+    results = idist.spawn(_sharding_job, 3, args=(n, gbs))
+    assert len({len(r) for r in results}) == 1  # same number of batches everywhere
+    single = _sharding_job(0, n, gbs)  # this process: world size 1
+    for it in range(len(single)):
+        merged = sum((results[r][it][1] for r in range(3)), [])
+        assert merged == single[it][1]  # the same global batches, in the same order
+    epoch1 = sum((x[1] for r in results for x in r if x[0] <= len(single) // 2), [])
+    assert sorted(epoch1) == list(range(n))
+
+
+def _desync_job(local_rank):
+    ds = torch.utils.data.TensorDataset(torch.arange(40))
+    loader = idist.auto_dataloader(ds, batch_size=4)
+    if idist.get_rank() == 1:
+        loader.sampler.shuffle = False  # rank 1 diverges: it reads another order of samples
+    Engine(lambda e, b: b, sync_check_every=2).run(loader, max_epochs=1, seed=0)
+
+
+def test_sync_check_names_diverging_rank():
+    # the check raises on every rank; the job ends and spawn re-raises a rank's error
+    with pytest.raises(Exception, match=r"rank 1(.|\n)*batch index digest"):
+        idist.spawn(_desync_job, 2)
+
+
+def _ddp_job(local_rank, accumulate):
+    torch.manual_seed(0)
+    model = idist.auto_model(
+        torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    )
+    opt = idist.auto_optim(torch.optim.SGD(model.parameters(), lr=0.05))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 6, generator=g)
+    ds = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    loader = idist.auto_dataloader(ds, batch_size=8)
+    trainer = create_supervised_trainer(
+        model, opt, torch.nn.functional.mse_loss, gradient_accumulation_steps=accumulate
+    )
+    losses = []
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: losses.append(float(e.state.output))
+    )
+    trainer.run(loader, max_epochs=6, seed=0)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return losses, flat
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_ddp_trainer_keeps_ranks_identical_and_learns(accumulate):
+    (l0, p0), (l1, p1) = idist.spawn(_ddp_job, 2, args=(accumulate,))
+    assert torch.equal(p0, p1)
+    assert l0[-1] < l0[0]

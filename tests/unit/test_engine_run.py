@@ -1,0 +1,95 @@
+"""run() continuation semantics (terminate, interrupt, max_epochs changes), against Ignite."""
+
+import pytest
+
+from distengine.engine import Engine, Events
+
+ignite_engine = pytest.importorskip("ignite.engine")
+
+
+def _pair():
+    return Engine(lambda e, b: b), ignite_engine.Engine(lambda e, b: b)
+
+
+def _counts(state):
+    return state.epoch, state.iteration, state.max_epochs, state.max_iters
+
+
+def test_continue_finished_run_with_more_epochs():
+    for eng in _pair():
+        eng.run(range(4), max_epochs=5)
+        st = eng.run(range(4), max_epochs=7)
+        assert _counts(st) == (7, 28, 7, None)
+
+
+def test_rerun_finished_run_restarts():
+    ours, theirs = _pair()
+    for eng in (ours, theirs):
+        started = []
+        eng.add_event_handler(
+            Events.STARTED if eng is ours else ignite_engine.Events.STARTED,
+            lambda e: started.append(e.state.iteration),
+        )
+        eng.run(range(3), max_epochs=2)
+        eng.run(range(3), max_epochs=2)
+        assert started == [0, 0] and eng.state.iteration == 6
+
+
+def test_errors_for_invalid_continuations():
+    eng = Engine(lambda e, b: b)
+    eng.run(range(3), max_epochs=3)
+    with pytest.raises(ValueError, match="smaller than the epoch"):
+        eng.run(range(3), max_epochs=2)
+    with pytest.raises(ValueError, match="max_epochs to max_iters"):
+        eng.run(range(3), max_iters=20)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Engine(lambda e, b: b).run(range(3), max_epochs=2, max_iters=3)
+    with pytest.raises(ValueError, match="epoch_length must be given"):
+        Engine(lambda e, b: b).run(None, max_epochs=2)
+    with pytest.raises(ValueError, match="empty"):
+        Engine(lambda e, b: b).run([], max_epochs=2)
+    with pytest.raises(TypeError, match="iterable"):
+        Engine(lambda e, b: b).run(3)
+
+
+def test_terminate_then_run_continues():
+    ours, theirs = _pair()
+    results = []
+    for eng, ev in ((ours, Events), (theirs, ignite_engine.Events)):
+        seen = []
+        eng.add_event_handler(ev.ITERATION_COMPLETED(once=5), lambda e: e.terminate())
+        eng.add_event_handler(ev.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+        eng.run(range(4), max_epochs=3)
+        first = _counts(eng.state)
+        eng.run(range(4), max_epochs=3)
+        results.append((first, _counts(eng.state), seen))
+    assert results[0] == results[1]
+
+
+def test_interrupt_and_resume_in_place():
+    ours, theirs = _pair()
+    traces = []
+    for eng, ev in ((ours, Events), (theirs, ignite_engine.Events)):
+        log = []
+        eng.add_event_handler(ev.ITERATION_COMPLETED(every=3), lambda e: e.interrupt())
+        for name in ("STARTED", "EPOCH_STARTED", "EPOCH_COMPLETED", "COMPLETED", "INTERRUPT"):
+            eng.add_event_handler(
+                getattr(ev, name), lambda e, n=name: log.append((n, e.state.iteration))
+            )
+        eng.add_event_handler(ev.ITERATION_COMPLETED, lambda e: log.append(("it", e.state.batch)))
+        runs = 0
+        while runs < 10:
+            eng.run(range(4), max_epochs=2)
+            runs += 1
+            if eng.state.iteration == 8 and log[-1][0] == "COMPLETED":
+                break
+        traces.append((log, runs))
+    assert traces[0] == traces[1]
+
+
+def test_max_iters_mid_epoch():
+    eng = Engine(lambda e, b: b)
+    seen = []
+    eng.add_event_handler(Events.TERMINATE, lambda e: seen.append("T"))
+    st = eng.run(range(4), max_iters=6)
+    assert (st.epoch, st.iteration, seen) == (2, 6, ["T"])

@@ -1,0 +1,169 @@
+"""CSVLogger and TensorBoardLogger on one process: what lands in the files."""
+
+import csv
+import io
+import sys
+from types import SimpleNamespace
+
+import fsspec
+import pytest
+import torch
+
+from distengine.engine import Engine, Events
+from distengine.handlers.base_logger import global_step_from_engine
+from distengine.handlers.csv_logger import CSVLogger
+from distengine.handlers.tensorboard_logger import TensorBoardLogger
+
+
+def _trainer_and_evaluator():
+    """A trainer with a loss output and an optimizer whose lr halves each epoch, and an
+    evaluator that sets an accuracy metric."""
+    # Anything with param_groups will do (a real torch optimizer costs a second to import).
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.4, "params": []}])
+    trainer = Engine(lambda e, b: torch.tensor(b / 10))
+    evaluator = Engine(lambda e, b: b)
+
+    @evaluator.on(Events.COMPLETED)
+    def accuracy(engine):
+        engine.state.metrics["accuracy"] = trainer.state.epoch / 10
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def evaluate_and_decay(engine):
+        evaluator.run([0], max_epochs=1)
+        optimizer.param_groups[0]["lr"] /= 2
+
+    return trainer, evaluator, optimizer
+
+
+def _attach_all(logger, trainer, evaluator, optimizer):
+    logger.attach_output_handler(
+        trainer, Events.ITERATION_COMPLETED, tag="training", output_transform=lambda x: {"loss": x}
+    )
+    logger.attach_output_handler(
+        evaluator,
+        Events.COMPLETED,
+        tag="validation",
+        metric_names=["accuracy"],
+        global_step_transform=global_step_from_engine(trainer),
+    )
+    logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
+
+
+def _read_csv(url, **storage_options):
+    with fsspec.open(url, "r", newline="", **storage_options) as f:
+        return list(csv.DictReader(io.StringIO(f.read())))
+
+
+def test_csv_rows_for_outputs_metrics_and_lr(tmp_path):
+    trainer, evaluator, optimizer = _trainer_and_evaluator()
+    path = str(tmp_path / "nested" / "log.csv")
+    with CSVLogger(path) as logger:
+        _attach_all(logger, trainer, evaluator, optimizer)
+        data = [1, 2, 3]
+        trainer.run(data, max_epochs=2)
+    rows = _read_csv(path)
+    assert list(rows[0]) == [
+        "epoch",
+        "iteration",
+        "lr/group_0",
+        "training/loss",
+        "validation/accuracy",
+    ]
+    loss_rows = [r for r in rows if r["training/loss"]]
+    assert [(int(r["epoch"]), int(r["iteration"])) for r in loss_rows] == [
+        (e, (e - 1) * len(data) + i) for e in (1, 2) for i in (1, 2, 3)
+    ]
+    assert [float(r["training/loss"]) for r in loss_rows] == pytest.approx(
+        [b / 10 for b in data] * 2
+    )
+    val = [r for r in rows if r["validation/accuracy"]]
+    # Labelled with the trainer's epoch and iteration, not the evaluator's.
+    assert [(r["epoch"], r["iteration"], float(r["validation/accuracy"])) for r in val] == [
+        ("1", "3", pytest.approx(0.1)),
+        ("2", "6", pytest.approx(0.2)),
+    ]
+    lr = [float(r["lr/group_0"]) for r in rows if r["lr/group_0"]]
+    assert lr == pytest.approx([0.4, 0.2])
+    assert all(sum(bool(v) for v in r.values()) == 3 for r in rows)  # one event per row
+
+
+def test_csv_each_row_is_readable_before_close(tmp_path):
+    path = str(tmp_path / "log.csv")
+    trainer = Engine(lambda e, b: float(b))
+    logger = CSVLogger(path)
+    logger.attach_output_handler(
+        trainer, Events.ITERATION_COMPLETED, tag="t", output_transform=lambda x: x
+    )
+    counts = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: counts.append(len(_read_csv(path)))
+    )
+    trainer.run([5, 6, 7], max_epochs=1)
+    assert counts == [1, 2, 3]
+    logger.close()
+
+
+def test_csv_through_an_fsspec_url_and_append():
+    url = "memory://distengine-test/run/log.csv"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(url):
+        fs.rm(url)
+    for run in range(2):
+        trainer = Engine(lambda e, b: float(b))
+        with CSVLogger(url, append=run > 0) as logger:
+            logger.attach_output_handler(
+                trainer, Events.ITERATION_COMPLETED, tag="t", output_transform=lambda x: {"v": x}
+            )
+            trainer.run([run, run], max_epochs=1)
+    rows = _read_csv(url)
+    assert [float(r["t/v"]) for r in rows] == [0.0, 0.0, 1.0, 1.0]  # first run's rows kept
+    fs.rm(url)
+
+
+def test_csv_append_refuses_a_foreign_file(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    trainer = Engine(lambda e, b: 1.0)
+    logger = CSVLogger(str(path), append=True)
+    logger.attach_output_handler(
+        trainer, Events.ITERATION_COMPLETED, tag="t", output_transform=lambda x: x
+    )
+    with pytest.raises(ValueError, match="header starts with epoch,iteration"):
+        trainer.run([0], max_epochs=1)
+
+
+def test_logger_argument_errors(tmp_path):
+    trainer = Engine(lambda e, b: b)
+    logger = CSVLogger(str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match="metric_names or output_transform"):
+        logger.attach_output_handler(trainer, Events.ITERATION_COMPLETED, tag="t")
+    with pytest.raises(TypeError, match="param_groups"):
+        logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer=object())
+    with pytest.raises(TypeError, match="path_or_url"):
+        CSVLogger(tmp_path)
+    with pytest.raises(TypeError, match="engine"):
+        global_step_from_engine("trainer")
+
+
+def test_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer, evaluator, optimizer = _trainer_and_evaluator()
+    log_dir = str(tmp_path / "tb")
+    with TensorBoardLogger(log_dir) as logger:
+        _attach_all(logger, trainer, evaluator, optimizer)
+        trainer.run([1, 2, 3], max_epochs=2)
+    acc = EventAccumulator(log_dir)
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"training/loss", "validation/accuracy", "lr/group_0"}
+    loss = acc.Scalars("training/loss")
+    assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in loss] == pytest.approx([0.1, 0.2, 0.3] * 2)
+    val = acc.Scalars("validation/accuracy")
+    assert [(e.step, round(e.value, 6)) for e in val] == [(1, 0.1), (2, 0.2)]  # trainer epochs
+
+
+def test_tensorboard_missing_gives_a_clear_import_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"pip install 'distengine\[tensorboard\]'"):
+        TensorBoardLogger(str(tmp_path))

@@ -1,0 +1,141 @@
+"""ProgressBar on one process: what the bar shows, captured from tqdm's output."""
+
+import io
+import re
+
+import pytest
+import torch
+
+from distengine.engine import Engine, Events
+from distengine.handlers.progress import ProgressBar
+
+
+def _last_render(text: str) -> str:
+    """The last non-blank line tqdm drew (it redraws with carriage returns)."""
+    frames = [f.strip() for f in re.split(r"[\r\n]", text) if f.strip()]
+    assert frames, "the bar drew nothing"
+    return frames[-1]
+
+
+def _frames(text: str) -> list[str]:
+    return [f.strip() for f in re.split(r"[\r\n]", text) if f.strip()]
+
+
+def _losses(engine, batch):
+    return torch.tensor(float(batch) / 10)
+
+
+def test_bar_shows_epoch_position_and_output():
+    out = io.StringIO()
+    trainer = Engine(_losses)
+    pbar = ProgressBar(persist=True, file=out, mininterval=0)
+    pbar.attach(trainer, output_transform=lambda loss: {"loss": loss})
+    trainer.run([1, 2, 3, 4], max_epochs=2)
+    frames = _frames(out.getvalue())
+    assert any("Epoch [1/2]" in f and "[4/4]" in f for f in frames)
+    last = _last_render(out.getvalue())
+    assert "Epoch [2/2]" in last and "[4/4]" in last and "100%" in last
+    assert "loss=0.4" in last  # the output of the epoch's last iteration
+    assert "it/s" in last or "s/it" in last  # the iteration rate
+
+
+def test_bar_shows_chosen_metrics_only():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def set_metrics(engine):
+        engine.state.metrics.update(acc=engine.state.iteration / 100, hidden=7.0)
+
+    ProgressBar(persist=True, file=out, mininterval=0).attach(trainer, metric_names=["acc"])
+    trainer.run([0, 0, 0], max_epochs=1)
+    last = _last_render(out.getvalue())
+    assert last.startswith("Iteration")  # a single epoch is labelled by iteration
+    assert "acc=0.03" in last and "hidden" not in last
+
+
+def test_missing_metric_warns_and_is_skipped():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    ProgressBar(file=out).attach(trainer, metric_names=["nope"])
+    with pytest.warns(UserWarning, match="nope"):
+        trainer.run([0], max_epochs=1)
+
+
+def test_epoch_length_shorter_than_data():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    ProgressBar(persist=True, file=out, mininterval=0).attach(trainer)
+    trainer.run(list(range(10)), max_epochs=2, epoch_length=3)
+    frames = _frames(out.getvalue())
+    assert any("Epoch [2/2]" in f and "[3/3]" in f for f in frames)
+    assert not any("[4/3]" in f or "/10]" in f for f in frames)
+
+
+def test_iterator_without_len_shows_count_without_total():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    ProgressBar(persist=True, file=out, mininterval=0).attach(trainer)
+    trainer.run(iter(range(5)), max_epochs=1)
+    last = _last_render(out.getvalue())
+    assert "[5/?]" in last  # position counted, total unknown
+
+
+def test_filtered_event_advances_in_steps():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    ProgressBar(persist=True, file=out, mininterval=0).attach(
+        trainer, event_name=Events.ITERATION_COMPLETED(every=2)
+    )
+    trainer.run(list(range(6)), max_epochs=1)
+    positions = [m for f in _frames(out.getvalue()) for m in re.findall(r"\[(\d+)/6\]", f)]
+    # tqdm draws [0/6] when the bar opens; then only the filtered iterations.
+    assert set(positions) == {"0", "2", "4", "6"} and positions[-1] == "6"
+
+
+def test_epoch_level_bar():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    ProgressBar(persist=True, file=out, mininterval=0).attach(
+        trainer, event_name=Events.EPOCH_COMPLETED, closing_event_name=Events.COMPLETED
+    )
+    trainer.run([0, 0], max_epochs=3)
+    assert "[3/3]" in _last_render(out.getvalue())
+
+
+def test_terminate_closes_bar_where_it_stopped():
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=2))
+    def stop(engine):
+        engine.terminate()
+
+    pbar = ProgressBar(persist=True, file=out, mininterval=0)
+    pbar.attach(trainer)
+    trainer.run([0, 0, 0, 0], max_epochs=2)
+    assert pbar.pbar is None  # closed at COMPLETED
+    assert "[2/4]" in _last_render(out.getvalue())
+
+
+def test_log_message_goes_to_the_bar_file():
+    out = io.StringIO()
+    pbar = ProgressBar(file=out)
+    pbar.log_message("hello from the handler")
+    assert "hello from the handler" in out.getvalue()
+
+
+def test_attach_rejects_bad_events_and_arguments():
+    trainer = Engine(lambda e, b: b)
+    with pytest.raises(ValueError, match="unfiltered"):
+        ProgressBar().attach(trainer, closing_event_name=Events.EPOCH_COMPLETED(every=2))
+    with pytest.raises(ValueError, match="before"):
+        ProgressBar().attach(
+            trainer,
+            event_name=Events.EPOCH_COMPLETED,
+            closing_event_name=Events.ITERATION_COMPLETED,
+        )
+    with pytest.raises(TypeError, match="metric_names"):
+        ProgressBar().attach(trainer, metric_names=3)
+    with pytest.raises(TypeError, match="bar_format"):
+        ProgressBar(bar_format=5)
