@@ -200,8 +200,11 @@ def main(args: argparse.Namespace) -> dict:
 
     if trainer.state.iteration >= args.epochs * len(train_loader):
         if rank == 0:
-            print(f"[cifar10] the run in {out} is already complete (iteration {trainer.state.iteration}); "
-                  "delete it or pass another --output-dir to train again", flush=True)
+            print(
+                f"[cifar10] the run in {out} is already complete (iteration {trainer.state.iteration}); "
+                "delete it or pass another --output-dir to train again",
+                flush=True,
+            )
     else:
         trainer.run(train_loader, max_epochs=args.epochs, seed=args.seed)
     csv.close()
