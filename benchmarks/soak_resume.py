@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
 
 from launching import _LAUNCHER_VARS, Launch  # noqa: E402
 

@@ -41,14 +41,15 @@ def _agree_on_seed(seed: int | None) -> int:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     if idist.get_world_size() == 1:
         return seed if seed is not None else _draw_seed()
-    given = idist.all_gather(-1 if seed is None else seed)
+    # one collective: every rank's given seed (to check that they agree) and its own draw
+    # (rank 0's is used when none was given)
+    gathered = idist.all_gather((-1 if seed is None else seed, _draw_seed()))
+    given = [None if g == -1 else g for g, _ in gathered]
     if len(set(given)) > 1:
         raise ValueError(
             f"run(seed=...) must be the same on every rank, got {given} (one per rank)"
         )
-    if seed is not None:
-        return seed
-    return int(idist.broadcast(_draw_seed() if idist.get_rank() == 0 else 0, src=0))
+    return seed if seed is not None else int(gathered[0][1])
 
 
 def _draw_seed() -> int:

@@ -21,7 +21,6 @@ how long after it each rank ended.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from proctree import kill_tree
 
 __all__ = [
     "REPO_ROOT",
@@ -91,34 +92,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (torchrun starts its workers in new sessions)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _kill_tree(pid: int) -> None:
-    for target in [pid, *_descendants(pid)]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -208,7 +181,7 @@ def run_processes(
             timed_out = [p.poll() is None for p in procs]
             for p in procs:
                 if p.poll() is None:
-                    _kill_tree(p.pid)
+                    kill_tree(p.pid)
             for p in procs:
                 p.wait()
         results = []

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from proctree import kill_tree
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT = 90  # seconds for one launch; a healthy one takes 5-10 s here
@@ -44,26 +45,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (children first), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_strays(marker: str) -> None:
     """Kills processes whose command line holds ``marker`` (a test's unique tmp_path).
 
@@ -86,13 +67,7 @@ def _kill_strays(marker: str) -> None:
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    # torchrun starts each worker in a session of its own, so killing the launcher's process
-    # group is not enough: collect the whole tree first, then kill every pid in it.
-    for pid in [proc.pid, *_descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_tree(proc.pid)
     proc.wait(timeout=10)
 
 

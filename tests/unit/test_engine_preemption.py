@@ -50,3 +50,33 @@ def test_uncaught_preemption_exits_with_documented_status(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == PREEMPT_EXIT_CODE, proc.stderr
     assert "saved at 3" in proc.stdout and "not reached" not in proc.stdout
+
+
+_USER_INIT_RAN = []
+
+
+def _user_init(worker_id):
+    _USER_INIT_RAN.append(worker_id)
+
+
+class _SignalDisposition(__import__("torch").utils.data.Dataset):
+    """Reports, from inside a DataLoader worker, how SIGTERM and SIGUSR1 are handled there."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        ignored_term = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        ignored_usr1 = signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        return int(ignored_term) + 2 * int(ignored_usr1) + 4 * int(bool(_USER_INIT_RAN))
+
+
+def test_auto_dataloader_workers_ignore_preemption_signals():
+    from distengine.distributed import auto_dataloader
+
+    loader = auto_dataloader(
+        _SignalDisposition(), batch_size=2, num_workers=2, worker_init_fn=_user_init
+    )
+    seen = [v for batch in loader for v in batch.tolist()]
+    assert seen == [7, 7, 7, 7]  # both signals ignored in every worker, and the user's init ran
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # not in the main process
