@@ -11,6 +11,7 @@ every rank does the same thing even if scores differ slightly between ranks.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import os
 from collections.abc import Callable, Mapping, MutableMapping
@@ -203,3 +204,18 @@ def check_arguments(
         or not 0 <= save_on_rank < world
     ):
         raise ValueError(f"save_on_rank must be a rank in [0, {world}), got {save_on_rank!r}")
+
+
+def describe_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def takes_metadata(fn: Callable) -> bool:
+    """Whether a save-handler callable takes Ignite's ``metadata`` third argument."""
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature available: assume the full form
+        return True
+    return True

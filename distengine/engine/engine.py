@@ -16,7 +16,7 @@ from distengine.engine.events import Events
 from distengine.engine.preemption import Preempted, catch_preemption
 from distengine.engine.rank_state import RankState
 from distengine.engine.registry import EventRegistry
-from distengine.engine.resume import check_state_dict
+from distengine.engine.resume import apply_state_dict, build_state_dict
 from distengine.engine.run_setup import prepare_run
 from distengine.engine.state import State
 
@@ -27,11 +27,11 @@ TERMINATE, TERMINATE_EPOCH, INTERRUPT, SKIP_COMPLETED, PREEMPT = 1, 2, 4, 8, 16
 SKIP_EPOCH_COMPLETED = 32
 
 
-class _Terminate(Exception):
+class _Terminate(Exception):  # noqa: N818 - control flow, not an error
     pass
 
 
-class _TerminateEpoch(Exception):
+class _TerminateEpoch(Exception):  # noqa: N818
     pass
 
 
@@ -144,49 +144,14 @@ class Engine(EventRegistry):
     def state_dict(self) -> OrderedDict:
         """Ignite's keys (``iteration``, ``epoch_length``, ``max_epochs`` or ``max_iters``, user
         keys) plus ``seed``, the data pass and cursor; at world size 1 also ``rank_state``."""
-        s = self.state
-        sd: OrderedDict = OrderedDict(iteration=s.iteration, epoch_length=s.epoch_length)
-        if s.max_iters is not None:
-            sd["max_iters"] = s.max_iters
-        else:
-            sd["max_epochs"] = s.max_epochs
-        for k in self._state_dict_user_keys:
-            sd[k] = getattr(s, k)
-        sd["seed"] = s.seed
-        sd.update(self._data.state_dict())
-        sd["epoch_open"] = bool(
-            self._in_epoch_loop and s.epoch_length and s.iteration % s.epoch_length == 0
-        )
-        sd["world_size"] = idist.get_world_size()
-        if sd["world_size"] == 1:
-            sd["rank_state"] = self.rank_state_dict()
-        return sd
+        return build_state_dict(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores a run saved by :meth:`state_dict` (or an Ignite-style dict); ``run()`` then
         continues at the next batch, without fetching the batches before it."""
-        sd = check_state_dict(state_dict, self._state_dict_user_keys)
-        s = self.state
-        for k in self._state_dict_user_keys:
-            setattr(s, k, sd[k])
-        s.epoch_length = sd["epoch_length"]
-        s.iteration = sd["iteration"]
-        s.epoch = s.iteration // s.epoch_length
-        s.max_epochs, s.max_iters = sd.get("max_epochs"), sd.get("max_iters")
-        self._init_iter = s.iteration % s.epoch_length
-        self._open_epoch = bool(sd.get("epoch_open") and s.iteration)
-        if self._open_epoch:
-            s.epoch -= 1  # saved after the epoch's last iteration, before EPOCH_COMPLETED
-            self._init_iter = s.epoch_length
-        s.seed = sd.get("seed")
-        in_pass = sd.get("pass_batches", s.iteration % s.epoch_length)
-        self._data.load(sd.get("data_pass", s.epoch), in_pass, sd.get("cursor"))
+        apply_state_dict(self, state_dict)
         self._run_gen = None
         self._dataloader_iter = None
-        if "rank_state" in sd and sd.get("world_size", 1) == idist.get_world_size():
-            self.load_rank_state_dict(
-                sd["rank_state"]
-            )  # another world size: RNG streams do not map
 
     # --- run ---------------------------------------------------------------------------------
     def run(
@@ -427,12 +392,8 @@ class Engine(EventRegistry):
     def _handle_exception(self, e: BaseException, multi: bool) -> None:
         if multi and isinstance(e, Exception):
             idist.notify_failure(e)
-        if (
-            Events.EXCEPTION_RAISED in self._event_handlers
-            and self._event_handlers[Events.EXCEPTION_RAISED]
-        ):
-            self._fire_event(Events.EXCEPTION_RAISED, e)
-            if multi:
-                raise e  # peers cannot continue without this rank: a handler cannot swallow it
-        else:
+        if not self._event_handlers.get(Events.EXCEPTION_RAISED):
             raise e
+        self._fire_event(Events.EXCEPTION_RAISED, e)
+        if multi:
+            raise e  # peers cannot continue without this rank: a handler cannot swallow it

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["check_state_dict"]
+from distengine import distributed as idist
+
+if TYPE_CHECKING:
+    from distengine.engine.engine import Engine
+
+__all__ = ["apply_state_dict", "build_state_dict", "check_state_dict"]
 
 
 def _int_or_none(sd: Mapping, key: str, minimum: int) -> None:
@@ -74,3 +80,48 @@ def check_state_dict(state_dict: Any, user_keys: list[str]) -> dict[str, Any]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"state_dict['seed'] must be an integer or None, got {seed!r}")
     return sd
+
+
+def build_state_dict(engine: Engine) -> OrderedDict:
+    """What ``Engine.state_dict`` returns (see there)."""
+    s = engine.state
+    sd: OrderedDict = OrderedDict(iteration=s.iteration, epoch_length=s.epoch_length)
+    if s.max_iters is not None:
+        sd["max_iters"] = s.max_iters
+    else:
+        sd["max_epochs"] = s.max_epochs
+    for k in engine.state_dict_user_keys:
+        sd[k] = getattr(s, k)
+    sd["seed"] = s.seed
+    sd.update(engine._data.state_dict())
+    # saved after an epoch's last iteration but before its EPOCH_COMPLETED handlers ran
+    sd["epoch_open"] = bool(
+        engine._in_epoch_loop and s.epoch_length and s.iteration % s.epoch_length == 0
+    )
+    sd["world_size"] = idist.get_world_size()
+    if sd["world_size"] == 1:
+        sd["rank_state"] = engine.rank_state_dict()
+    return sd
+
+
+def apply_state_dict(engine: Engine, state_dict: Mapping[str, Any]) -> None:
+    """Positions ``engine`` where ``state_dict`` was taken (see ``Engine.load_state_dict``)."""
+    sd = check_state_dict(state_dict, engine.state_dict_user_keys)
+    s = engine.state
+    for k in engine.state_dict_user_keys:
+        setattr(s, k, sd[k])
+    s.epoch_length = sd["epoch_length"]
+    s.iteration = sd["iteration"]
+    s.epoch = s.iteration // s.epoch_length
+    s.max_epochs, s.max_iters = sd.get("max_epochs"), sd.get("max_iters")
+    engine._init_iter = s.iteration % s.epoch_length
+    engine._open_epoch = bool(sd.get("epoch_open") and s.iteration)
+    if engine._open_epoch:
+        s.epoch -= 1  # its EPOCH_COMPLETED is still due: resume into it with no batch left
+        engine._init_iter = s.epoch_length
+    s.seed = sd.get("seed")
+    in_pass = sd.get("pass_batches", s.iteration % s.epoch_length)
+    engine._data.load(sd.get("data_pass", s.epoch), in_pass, sd.get("cursor"))
+    # per-rank RNG streams only map onto the same world size
+    if "rank_state" in sd and sd.get("world_size", 1) == idist.get_world_size():
+        engine.load_rank_state_dict(sd["rank_state"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import weakref
@@ -21,7 +20,15 @@ from distengine.checkpoint.collective import (
 from distengine.checkpoint.errors import CheckpointSaveError
 from distengine.checkpoint.loading import load_objects
 from distengine.checkpoint.naming import setup_filename_pattern
-from distengine.checkpoint.policy import Item, SavePlan, basename, check_arguments, decide_save
+from distengine.checkpoint.policy import (
+    Item,
+    SavePlan,
+    basename,
+    check_arguments,
+    decide_save,
+    describe_error,
+    takes_metadata,
+)
 from distengine.checkpoint.state import (
     build_payload,
     has_rank_state,
@@ -222,7 +229,7 @@ class Checkpoint:
                 self._write(plan, rank_keys, per_rank)
             except Exception as e:
                 outcome, error = (
-                    f"save of {plan.filename!r} on rank {self.save_on_rank} failed: {_describe(e)}",
+                    f"save of {plan.filename!r} on rank {self.save_on_rank} failed: {describe_error(e)}",
                     e,
                 )
         outcome = broadcast_from(outcome, src=self.save_on_rank)
@@ -247,13 +254,13 @@ class Checkpoint:
             previous = self._writer.wait()
             if previous is not None:
                 return SavePlan(
-                    f"previous background save failed: {_describe(previous)}", True
+                    f"previous background save failed: {describe_error(previous)}", True
                 ), previous
         try:
             return self._decide(engine), None
         except Exception as e:
             return SavePlan(
-                f"could not prepare the save on rank {self.save_on_rank}: {_describe(e)}"
+                f"could not prepare the save on rank {self.save_on_rank}: {describe_error(e)}"
             ), e
 
     def _decide(self, engine: Engine) -> SavePlan:
@@ -305,7 +312,7 @@ class Checkpoint:
 
     def _store(self, plan: SavePlan, payload: Any) -> None:
         handler = self.save_handler
-        if isinstance(handler, DiskSaver) or _takes_metadata(handler):
+        if isinstance(handler, DiskSaver) or takes_metadata(handler):
             handler(payload, plan.filename, dict(plan.fields))
         else:
             handler(payload, plan.filename)  # a callable of Ignite's two-argument form
@@ -328,7 +335,9 @@ class Checkpoint:
         if idist.get_rank() == self.save_on_rank:
             failed = self._writer.wait()
             if failed is not None:
-                error = f"background save failed on rank {self.save_on_rank}: {_describe(failed)}"
+                error = (
+                    f"background save failed on rank {self.save_on_rank}: {describe_error(failed)}"
+                )
         error = broadcast_from(error, src=self.save_on_rank)
         if error is not None and self._saved_before_pending is not None:
             self._saved = self._saved_before_pending
@@ -341,7 +350,7 @@ class Checkpoint:
         if self._writer is not None and idist.get_rank() == self.save_on_rank:
             failed = self._writer.wait()
             if failed is not None:
-                logger.error("Background checkpoint save failed: %s", _describe(failed))
+                logger.error("Background checkpoint save failed: %s", describe_error(failed))
         # An EXCEPTION_RAISED handler makes the engine swallow the exception (Ignite's rule);
         # attaching an async Checkpoint must not change whether run() raises.
         if len(getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, ())) == 1:
@@ -422,18 +431,3 @@ class Checkpoint:
             return find_latest(storage, filename_prefix)
 
         return on_rank0_for_all("latest", look_up, f"listing checkpoints in {dirname!r}")
-
-
-def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
-def _takes_metadata(fn: Callable) -> bool:
-    """Whether a save-handler callable takes Ignite's ``metadata`` third argument."""
-    try:
-        inspect.signature(fn).bind(None, None, None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature available: assume the full form
-        return True
-    return True

@@ -247,3 +247,35 @@ def test_resume_from_last_iteration_fires_pending_epoch_end():
     state = eng2.run(range(4))
     assert events == [("EPOCH_STARTED", 2), ("EPOCH_COMPLETED", 2), ("COMPLETED", 2)]
     assert (state.epoch, state.iteration) == (2, 8)
+
+
+def test_ignite_engine_replays_wrong_batches_where_we_do_not():
+    """The defect distengine fixes: Ignite resumes mid-epoch with a fresh iterator."""
+    ignite_engine = pytest.importorskip("ignite.engine")
+    ds = torch.utils.data.TensorDataset(torch.arange(24))
+
+    def seen_after_resume(engine_cls, events, loader_fn, **seed):
+        ref, got, saved = [], [], {}
+        engine_cls(lambda e, b: ref.extend(b[0].tolist())).run(loader_fn(), max_epochs=2, **seed)
+        first = engine_cls(lambda e, b: None)
+        first.add_event_handler(
+            events.ITERATION_COMPLETED(once=3),
+            lambda e: (saved.update(sd=e.state_dict()), e.terminate()),
+        )
+        first.run(loader_fn(), max_epochs=2, **seed)
+        second = engine_cls(lambda e, b: got.extend(b[0].tolist()))
+        second.load_state_dict(saved["sd"])
+        second.run(loader_fn(), max_epochs=2)
+        return ref[3 * 4 :], got
+
+    def ignite_loader():
+        return torch.utils.data.DataLoader(
+            ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+
+    expected, got = seen_after_resume(ignite_engine.Engine, ignite_engine.Events, ignite_loader)
+    assert got != expected  # Ignite trains on other batches after the resume
+    expected, got = seen_after_resume(
+        Engine, Events, lambda: auto_dataloader(ds, batch_size=4), seed=0
+    )
+    assert got == expected
