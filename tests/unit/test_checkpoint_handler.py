@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import ignite.engine as ignite_engine  # oracles are test dependencies: no silent skip
+import ignite.handlers as ignite_handlers
 import pytest
 import torch
 from torch import nn
@@ -12,9 +14,6 @@ from torch import nn
 from distengine.engine import Engine, Events
 from distengine.handlers.checkpoint import Checkpoint, CheckpointEvents
 from distengine.handlers.disk_saver import DiskSaver
-
-ignite_engine = pytest.importorskip("ignite.engine")
-ignite_handlers = pytest.importorskip("ignite.handlers")
 
 SCORES = [0.5, 0.7, 0.7, 0.2, 0.9, 0.1, 0.9, 0.3]
 

@@ -201,7 +201,8 @@ def test_manifest_rejects_unknown_format_and_missing_fields():
 
 
 def test_payload_that_weights_only_cannot_load_is_refused_before_writing(dir_url):
-    np = pytest.importorskip("numpy")
+    import numpy as np
+
     st = _storage(dir_url)
     with pytest.raises(TypeError, match=r"checkpoint\['opt'\]\['x'\] is a numpy.ndarray"):
         write_checkpoint(st, "c_1.pt", {"opt": {"x": np.zeros(2)}})

@@ -3,9 +3,8 @@
 import importlib.util
 import os
 
+import PIL  # noqa: F401  (a test dependency: the Pillow backend is tested, never skipped)
 import pytest
-
-PIL = pytest.importorskip("PIL", reason="the Pillow backend needs pillow")
 from PIL import Image  # noqa: E402
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "plot_csv.py")
