@@ -18,6 +18,9 @@ cores=$(nproc 2>/dev/null || echo 1)
 threads=$(( cores / nproc_per_node ))
 [ "$threads" -ge 1 ] || threads=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
+# gloo even where CUDA is visible: this is the CPU simulation (DISTENGINE_BACKEND is read by
+# idist.initialize() when no backend is passed).
+export DISTENGINE_BACKEND=${DISTENGINE_BACKEND:-gloo}
 # torchrun's agent forwards these to the workers (SIGUSR1 is not in torch's default list:
 # without it a SIGUSR1 kills the agent and orphans the ranks).
 export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}

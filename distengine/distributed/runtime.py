@@ -143,6 +143,8 @@ def _as_timedelta(value: float | timedelta | None, name: str, default: timedelta
 
 
 def _resolve_backend(backend: str | None) -> str:
+    if backend is None:  # DISTENGINE_BACKEND overrides the default (launchers/cpu.sh: gloo)
+        backend = os.environ.get("DISTENGINE_BACKEND") or None
     if backend is None:
         return "nccl" if torch.cuda.is_available() else "gloo"
     if not isinstance(backend, str):

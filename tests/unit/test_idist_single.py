@@ -229,3 +229,13 @@ def test_release_ddp_modules_drops_the_group_references():
     assert not any(hasattr(holder, a) for a in ("reducer", "logger", "process_group"))
     assert holder._comm_hooks == [] and holder(torch.ones(1, 2)).shape == (1, 2)
     assert release_ddp_modules() == 0
+
+
+def test_backend_env_override(monkeypatch):
+    from distengine.distributed.runtime import _resolve_backend
+
+    monkeypatch.setenv("DISTENGINE_BACKEND", "gloo")
+    assert _resolve_backend(None) == "gloo"
+    assert _resolve_backend("gloo") == "gloo"  # an explicit argument wins over the variable
+    monkeypatch.delenv("DISTENGINE_BACKEND")
+    assert _resolve_backend(None) == ("nccl" if torch.cuda.is_available() else "gloo")
