@@ -29,6 +29,7 @@ from distengine.checkpoint.policy import (
     describe_error,
     takes_metadata,
 )
+from distengine.checkpoint.shared import ensure_shared
 from distengine.checkpoint.state import (
     build_payload,
     has_rank_state,
@@ -202,6 +203,8 @@ class Checkpoint:
     def __call__(self, engine: Engine, *args: Any, **kwargs: Any) -> None:
         self._hook(engine)
         handshake("save")
+        if isinstance(self.save_handler, DiskSaver):
+            ensure_shared(self.save_handler.storage)  # once per directory: all ranks see it
         is_writer = idist.get_rank() == self.save_on_rank
         plan, cause = self._plan(engine) if is_writer else (None, None)
         plan = broadcast_from(plan, src=self.save_on_rank)
