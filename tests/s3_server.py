@@ -189,7 +189,9 @@ def start_s3_server() -> S3Server:
     """
     exe = shutil.which("moto_server")
     if exe is None:
-        pytest.fail("moto_server is not installed: pip install -r requirements-ci.txt (moto[server])")
+        pytest.fail(
+            "moto_server is not installed: pip install -r requirements-ci.txt (moto[server])"
+        )
     import boto3  # test dependencies: the S3 tests never skip silently
     import s3fs  # noqa: F401
 
