@@ -280,3 +280,23 @@ def test_ignite_engine_replays_wrong_batches_where_we_do_not():
         Engine, Events, lambda: auto_dataloader(ds, batch_size=4), seed=0
     )
     assert got == expected
+
+
+def test_evaluator_inside_trainer_does_not_shift_trainer_rng(tmp_path):
+    """Running an evaluator (its own loader, seeded augmentation, a drawn seed) inside a
+    trainer handler leaves the trainer's random stream, hence its weights, unchanged."""
+    from distengine.engine import create_supervised_evaluator
+
+    def train(with_eval):
+        model, opt, trainer = _build(0)
+        if with_eval:
+            evaluator = create_supervised_evaluator(model)
+            eval_loader = auto_dataloader(NoisyDataset(20, tmp_path / "eval.log"), batch_size=4, shuffle=False)
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(eval_loader))
+        trainer.run(auto_dataloader(NoisyDataset(44, tmp_path / "t.log"), batch_size=8), max_epochs=2, seed=5)
+        return model, opt
+
+    a_model, a_opt = train(False)
+    b_model, b_opt = train(True)
+    assert (tmp_path / "eval.log").exists()  # the evaluator did read (augmented) data
+    _assert_bitwise(a_model, a_opt, b_model, b_opt)
