@@ -79,6 +79,9 @@ class DataPass:
     # --- iterators -----------------------------------------------------------------------
     def start(self, seed: int | None, epoch_length: int | None, new_pass: bool) -> Iterator:
         """Returns an iterator for the current pass (the next one if ``new_pass``)."""
+        if self._pending is None and self.batches:
+            # a run continued after terminate(): like Ignite, the next epoch gets fresh data
+            new_pass = True
         if new_pass:
             self.index += 1
             self.batches = 0

@@ -291,9 +291,15 @@ def test_evaluator_inside_trainer_does_not_shift_trainer_rng(tmp_path):
         model, opt, trainer = _build(0)
         if with_eval:
             evaluator = create_supervised_evaluator(model)
-            eval_loader = auto_dataloader(NoisyDataset(20, tmp_path / "eval.log"), batch_size=4, shuffle=False)
+            eval_loader = auto_dataloader(
+                NoisyDataset(20, tmp_path / "eval.log"), batch_size=4, shuffle=False
+            )
             trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(eval_loader))
-        trainer.run(auto_dataloader(NoisyDataset(44, tmp_path / "t.log"), batch_size=8), max_epochs=2, seed=5)
+        trainer.run(
+            auto_dataloader(NoisyDataset(44, tmp_path / "t.log"), batch_size=8),
+            max_epochs=2,
+            seed=5,
+        )
         return model, opt
 
     a_model, a_opt = train(False)

@@ -92,3 +92,16 @@ def test_max_iters_mid_epoch():
     eng.add_event_handler(Events.TERMINATE, lambda e: seen.append("T"))
     st = eng.run(range(4), max_iters=6)
     assert (st.epoch, st.iteration, seen) == (2, 6, ["T"])
+
+
+def test_terminate_then_run_matches_ignites_documented_output():
+    """Ignite's terminate() docstring: after terminating at iteration 14 (epoch 2), run()
+    goes on with epoch 3 from the first batch."""
+    for eng_cls, ev in ((Engine, Events), (ignite_engine.Engine, ignite_engine.Events)):
+        seen = []
+        eng = eng_cls(lambda e, b: seen.append((e.state.epoch, e.state.iteration, b)))
+        eng.add_event_handler(ev.ITERATION_COMPLETED(once=14), lambda e: e.terminate())
+        eng.run(range(10), max_epochs=4)
+        assert seen[-1] == (2, 14, 3)
+        eng.run(range(10), max_epochs=4)
+        assert seen[14:18] == [(3, 15, 0), (3, 16, 1), (3, 17, 2), (3, 18, 3)]
