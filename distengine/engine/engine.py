@@ -187,6 +187,7 @@ class Engine(EventRegistry):
 
     _in_epoch_loop = False
     _open_epoch = False
+    _epoch_iters = 0
 
     def _loop(self) -> Generator[None, None, None]:
         s = self.state
@@ -206,12 +207,14 @@ class Engine(EventRegistry):
                     self._open_epoch = False
                     s.epoch += 1
                     t0 = time.time()
-                    self._fire_event(Events.EPOCH_STARTED)
-                    yield from self._check(multi)
-                    if self._dataloader_iter is None:
-                        self._start_data(new_pass=False)
+                    # in progress (for state_dict) from EPOCH_STARTED to the end of its batches
                     self._in_epoch_loop = True
+                    self._epoch_iters = 0 if self._init_iter is None else self._init_iter
                     try:
+                        self._fire_event(Events.EPOCH_STARTED)
+                        yield from self._check(multi)
+                        if self._dataloader_iter is None:
+                            self._start_data(new_pass=False)
                         yield from self._epoch(multi)
                     finally:
                         self._in_epoch_loop = False
@@ -233,9 +236,14 @@ class Engine(EventRegistry):
             if self.should_terminate != "skip_completed":
                 self._fire_event(Events.COMPLETED)
                 s.times[Events.COMPLETED.name] = time.time() - start_time
-        except BaseException as e:
+        except Exception as e:
             self._dataloader_iter = None
             self._handle_exception(e, multi)
+        except BaseException as e:  # KeyboardInterrupt, GeneratorExit (run abandoned): no handlers
+            self._dataloader_iter = None
+            if multi and isinstance(e, KeyboardInterrupt):
+                idist.notify_failure(e)
+            raise
         self._dataloader_iter = None
 
     def _epoch(self, multi: bool) -> Generator[None, None, None]:
@@ -285,6 +293,9 @@ class Engine(EventRegistry):
                             f"(iteration {s.iteration}): ending the run",
                             stacklevel=2,
                         )
+                        if multi:  # end every rank at the same point: an agreed terminate
+                            self._flags = idist.agree_flags(self._flags | TERMINATE)
+                            yield from self._act()
                         self.should_terminate = True  # ends the run after this epoch, like Ignite
                         break
                     self._start_data(new_pass=True, fire_stop=has_data)
@@ -305,6 +316,7 @@ class Engine(EventRegistry):
                     if self._flags and local_checks:
                         yield from self._act()
                 counter += 1
+                self._epoch_iters = counter
                 s.iteration += 1
                 self.last_event_name = ev_its
                 for entry in on_its:
@@ -389,8 +401,8 @@ class Engine(EventRegistry):
             return True
         return s.epoch >= s.max_epochs
 
-    def _handle_exception(self, e: BaseException, multi: bool) -> None:
-        if multi and isinstance(e, Exception):
+    def _handle_exception(self, e: Exception, multi: bool) -> None:
+        if multi:
             idist.notify_failure(e)
         if not self._event_handlers.get(Events.EXCEPTION_RAISED):
             raise e

@@ -94,10 +94,13 @@ def build_state_dict(engine: Engine) -> OrderedDict:
         sd[k] = getattr(s, k)
     sd["seed"] = s.seed
     sd.update(engine._data.state_dict())
-    # saved after an epoch's last iteration but before its EPOCH_COMPLETED handlers ran
-    sd["epoch_open"] = bool(
-        engine._in_epoch_loop and s.epoch_length and s.iteration % s.epoch_length == 0
-    )
+    # where in the epochs the run stands: epochs can end early (terminate_epoch), so this is
+    # not derivable from the iteration; "in_progress" until the epoch's batches are done
+    sd["epoch_state"] = {
+        "epoch": s.epoch,
+        "iterations_in_epoch": engine._epoch_iters if engine._in_epoch_loop else 0,
+        "in_progress": bool(engine._in_epoch_loop),
+    }
     sd["world_size"] = idist.get_world_size()
     if sd["world_size"] == 1:
         sd["rank_state"] = engine.rank_state_dict()
@@ -115,10 +118,17 @@ def apply_state_dict(engine: Engine, state_dict: Mapping[str, Any]) -> None:
     s.epoch = s.iteration // s.epoch_length
     s.max_epochs, s.max_iters = sd.get("max_epochs"), sd.get("max_iters")
     engine._init_iter = s.iteration % s.epoch_length
-    engine._open_epoch = bool(sd.get("epoch_open") and s.iteration)
-    if engine._open_epoch:
-        s.epoch -= 1  # its EPOCH_COMPLETED is still due: resume into it with no batch left
-        engine._init_iter = s.epoch_length
+    engine._open_epoch = False
+    progress = sd.get("epoch_state")
+    if isinstance(progress, Mapping):
+        if progress.get("in_progress"):
+            # resume into the epoch that was running (even with no batch left in it: its
+            # EPOCH_COMPLETED is still due)
+            s.epoch = int(progress["epoch"]) - 1
+            engine._init_iter = int(progress["iterations_in_epoch"])
+            engine._open_epoch = True
+        else:
+            s.epoch, engine._init_iter = int(progress["epoch"]), 0
     s.seed = sd.get("seed")
     in_pass = sd.get("pass_batches", s.iteration % s.epoch_length)
     engine._data.load(sd.get("data_pass", s.epoch), in_pass, sd.get("cursor"))

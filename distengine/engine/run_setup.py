@@ -35,19 +35,39 @@ def _set_limit(engine: Engine, name: str, value: int | None, progress: str) -> N
     setattr(engine.state, name, value)
 
 
-def _agree_on_seed(seed: int | None) -> int:
-    """One seed on all ranks: the given one (which must match everywhere) or rank 0's draw."""
+def _check_seed(seed: object) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+
+
+def _agree_on_seed(seed: int | None, epoch_length: int | None) -> int:
+    """One seed on all ranks: the given one (which must match everywhere) or rank 0's draw.
+
+    At world size > 1 this is one collective that also checks what every rank must share:
+    the seed and the epoch length (ranks running different numbers of iterations would pair
+    their collectives wrongly). Checks run after the gather, so every rank raises alike.
+    """
     if idist.get_world_size() == 1:
+        _check_seed(seed)
         return seed if seed is not None else _draw_seed()
-    # one collective: every rank's given seed (to check that they agree) and its own draw
-    # (rank 0's is used when none was given)
-    gathered = idist.all_gather((-1 if seed is None else seed, _draw_seed()))
-    given = [None if g == -1 else g for g, _ in gathered]
-    if len(set(given)) > 1:
+    gathered = idist.all_gather((seed, _draw_seed(), epoch_length))
+    for given, _, _ in gathered:
+        _check_seed(given)
+    seeds = [g for g, _, _ in gathered]
+    if len(set(seeds)) > 1:
         raise ValueError(
-            f"run(seed=...) must be the same on every rank, got {given} (one per rank)"
+            f"run(seed=...) must be the same on every rank, got {seeds} (one per rank)"
+        )
+    lengths = [n for _, _, n in gathered]
+    if None in lengths:
+        raise ValueError(
+            "At world size > 1 every rank must know the epoch length: pass epoch_length= for data "
+            f"without len (got epoch lengths {lengths}, one per rank)"
+        )
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"Every rank must run the same number of iterations per epoch, got epoch lengths {lengths} "
+            "(one per rank): use idist.auto_dataloader, or give the same epoch_length everywhere"
         )
     return seed if seed is not None else int(gathered[0][1])
 
@@ -105,7 +125,7 @@ def prepare_run(
         s.max_epochs = None if max_iters is not None else max_epochs
         s.max_iters = max_iters
         s.epoch_length = epoch_length
-        s.seed = _agree_on_seed(seed)
+        s.seed = _agree_on_seed(seed, epoch_length)
         engine._run_gen = None
         engine._dataloader_iter = None
         engine._data.reset()
@@ -131,7 +151,7 @@ def prepare_run(
                 "decides the data order; pass the same seed or none"
             )
         if s.seed is None:
-            s.seed = _agree_on_seed(seed)
+            s.seed = _agree_on_seed(seed, s.epoch_length)
     if engine._dataloader_iter is None:
         s.dataloader = data
         engine._data.bind(data)

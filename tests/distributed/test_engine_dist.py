@@ -163,3 +163,36 @@ def test_ddp_trainer_keeps_ranks_identical_and_learns(accumulate):
     (l0, p0), (l1, p1) = idist.spawn(_ddp_job, 2, args=(accumulate,))
     assert torch.equal(p0, p1)
     assert l0[-1] < l0[0]
+
+
+def _length_mismatch_job(local_rank):
+    data = list(range(4 + idist.get_rank()))  # rank 1 has one batch more per epoch
+    try:
+        Engine(lambda e, b: b).run(data, max_epochs=1, seed=0)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_different_epoch_lengths_rejected_on_every_rank():
+    msgs = idist.spawn(_length_mismatch_job, 2)
+    assert all(m is not None and "same number of iterations" in m for m in msgs), msgs
+
+
+def _exhausted_job(local_rank):
+    n = 3 if idist.get_rank() == 1 else 6  # rank 1's iterator runs dry first
+    seen = []
+    eng = Engine(lambda e, b: b)
+    eng.add_event_handler(Events.TERMINATE, lambda e: seen.append(("TERMINATE", e.state.epoch)))
+    eng.add_event_handler(Events.COMPLETED, lambda e: seen.append(("COMPLETED", e.state.epoch)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng.run(iter(range(n)), max_epochs=4, epoch_length=3, seed=0)
+    return seen
+
+
+def test_exhausted_iterator_on_one_rank_ends_every_rank():
+    results = idist.spawn(_exhausted_job, 2)  # would hang without the agreed terminate
+    assert results[0] == results[1] and results[0][-2][0] == "TERMINATE"

@@ -306,3 +306,82 @@ def test_evaluator_inside_trainer_does_not_shift_trainer_rng(tmp_path):
     b_model, b_opt = train(True)
     assert (tmp_path / "eval.log").exists()  # the evaluator did read (augmented) data
     _assert_bitwise(a_model, a_opt, b_model, b_opt)
+
+
+@pytest.mark.parametrize(
+    "save_event", ["ITERATION_COMPLETED", "GET_BATCH_STARTED", "EPOCH_STARTED"]
+)
+def test_resume_after_terminate_epoch_keeps_epochs(save_event):
+    """Epochs ended early by terminate_epoch() are not derivable from the iteration: the
+    saved epoch state puts the resumed run on the same epochs, iterations and batches."""
+
+    def make(log):
+        eng = Engine(lambda e, b: log.append(("it", e.state.epoch, e.state.iteration, b)))
+        for name in ("EPOCH_STARTED", "EPOCH_COMPLETED", "COMPLETED"):
+            eng.add_event_handler(
+                getattr(Events, name), lambda e, n=name: log.append((n, e.state.epoch))
+            )
+        return eng
+
+    ref = []
+    eng = make(ref)
+    eng.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate_epoch())
+    eng.run(range(10), max_epochs=3, seed=0)
+
+    first, saved = [], {}
+    eng = make(first)
+    eng.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate_epoch())
+    at = {"ITERATION_COMPLETED": 5, "GET_BATCH_STARTED": 5, "EPOCH_STARTED": 2}[save_event]
+
+    def save(engine):
+        counter = engine.state.epoch if save_event == "EPOCH_STARTED" else engine.state.iteration
+        if counter == at and "sd" not in saved:
+            saved["sd"] = copy.deepcopy(engine.state_dict())
+            saved["n"] = len(first)
+            engine.terminate()
+
+    eng.add_event_handler(getattr(Events, save_event), save)
+    eng.run(range(10), max_epochs=3, seed=0)
+    second = []
+    eng2 = make(second)
+    eng2.load_state_dict(saved["sd"])
+    eng2.run(range(10))
+    resumed_from = (
+        [x for x in ref if x[0] == "it"].index([x for x in first[: saved["n"]] if x[0] == "it"][-1])
+        + 1
+        if save_event != "EPOCH_STARTED"
+        else None
+    )
+    ref_its = [x for x in ref if x[0] == "it"]
+    got_its = [x for x in second if x[0] == "it"]
+    if resumed_from is not None:
+        assert got_its == ref_its[resumed_from:]
+    assert [x for x in second if x[0] == "COMPLETED"] == [x for x in ref if x[0] == "COMPLETED"]
+    assert got_its[-1] == ref_its[-1]
+
+
+def test_keyboard_interrupt_is_not_swallowed_by_exception_handlers():
+    def step(engine, batch):
+        if engine.state.iteration == 2:
+            raise KeyboardInterrupt
+        return batch
+
+    eng = Engine(step)
+    seen = []
+    eng.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: seen.append(exc))
+    with pytest.raises(KeyboardInterrupt):
+        eng.run(range(4))
+    assert seen == []
+
+
+def test_abandoning_an_interrupted_run_fires_no_exception_handler():
+    eng = Engine(lambda e, b: b)
+    seen = []
+    eng.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: seen.append(type(exc).__name__))
+    eng.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: e.interrupt())
+    eng.run(range(4), max_epochs=2, seed=0)
+    eng.load_state_dict(
+        {"iteration": 0, "epoch_length": 4, "max_epochs": 2}
+    )  # drops the paused run
+    eng.run(range(4))
+    assert seen == []
