@@ -25,6 +25,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# torch.distributed.nn evaluates ``group=group.WORLD`` defaults at import time. Imported
+# after a process group exists (DDP imports it through torch._dynamo), those defaults pin
+# the default group forever: it can then never be destroyed before interpreter exit and
+# gloo aborts there ("terminate called without an active exception", see .teardown).
+# Importing it with this package, before any group exists — also one the user creates
+# with init_process_group — captures ``None`` instead.
+import torch.distributed.nn  # noqa: F401, E402
+
 from .env import LauncherEnv, failure_timeout_from_env, read_env
 from .stores import connect_store, watch_connection
 from .teardown import release_ddp_modules
@@ -223,11 +231,6 @@ def initialize(
             backend, owns_group = current, False
         else:
             backend, owns_group = _resolve_backend(backend), True
-        # torch.distributed.nn evaluates ``group=group.WORLD`` defaults at import time. If it
-        # is first imported after the group exists (DDP imports it through torch._dynamo),
-        # those defaults pin the default group forever and it can never be destroyed before
-        # interpreter exit (see .teardown). Importing it now captures ``None`` instead.
-        import torch.distributed.nn  # noqa: F401
 
         if backend == "nccl":
             torch.cuda.set_device(env.local_rank)

@@ -42,6 +42,7 @@ class Average(Metric):
 
     required_output_keys: ClassVar[tuple[str, ...] | None] = None
     _reductions: ClassVar[dict[str, str]] = {"accumulator": "sum", "num_examples": "sum"}
+    _fixed_state_shapes: ClassVar[bool] = False  # shaped by the first update
 
     def __init__(
         self,

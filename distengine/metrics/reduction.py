@@ -77,16 +77,21 @@ def reduce_states(metrics: Sequence[Any]) -> list[dict[str, Any]] | None:
     if world_size == 1:
         return None
     device = idist.device()
-    chunks: list[torch.Tensor] = []
-    layout: list[tuple[int, str, str, int, int, Any]] = []  # (metric, attr, op, start, end, how)
-    offset = 0
+    flats: list[tuple[int, str, str, torch.Tensor, Any]] = []  # (metric, attr, op, flat, how)
     for i, metric in enumerate(metrics):
         state = metric._reducible_state()
         for attr, op in metric._reductions.items():
             flat, how = _flatten(attr, state[attr], type(metric).__name__)
-            chunks.append(flat.to(device))
-            layout.append((i, attr, op, offset, offset + flat.numel(), how))
-            offset += flat.numel()
+            flats.append((i, attr, op, flat, how))
+    if any(not getattr(m, "_fixed_state_shapes", True) for m in metrics):
+        flats = _agree_on_sizes(flats, metrics)
+    chunks: list[torch.Tensor] = []
+    layout: list[tuple[int, str, str, int, int, Any]] = []  # (metric, attr, op, start, end, how)
+    offset = 0
+    for i, attr, op, flat, how in flats:
+        chunks.append(flat.to(device))
+        layout.append((i, attr, op, offset, offset + flat.numel(), how))
+        offset += flat.numel()
     results: list[dict[str, Any]] = [{} for _ in metrics]
     if offset == 0:
         return results
@@ -100,3 +105,49 @@ def reduce_states(metrics: Sequence[Any]) -> list[dict[str, Any]] | None:
     for i, attr, op, start, end, how in layout:
         results[i][attr] = _rebuild(reduced[op][start:end], how)
     return results
+
+
+def _agree_on_sizes(
+    flats: list[tuple[int, str, str, torch.Tensor, Any]], metrics: Sequence[Any]
+) -> list:
+    """For metrics whose state takes its shape from the first update (``Average`` of vectors):
+    a rank that saw no real sample still holds the 0-d starting value. The sizes are agreed
+    once (one small extra gather at the first reduction; remembered on the metrics after
+    that), and such a rank widens its value (a sum of nothing: zeros) to the agreed length,
+    so the main gather stays matched on every rank."""
+    dynamic = [
+        (col, f)
+        for col, f in enumerate(flats)
+        if not getattr(metrics[f[0]], "_fixed_state_shapes", True)
+    ]
+    known = [
+        getattr(metrics[i], "_agreed_sizes", {}).get(attr) for _, (i, attr, _, _, _) in dynamic
+    ]
+    if None in known:
+        sizes = torch.tensor([float(f[3].numel()) for _, f in dynamic], dtype=torch.float64)
+        table = (
+            idist.all_gather(sizes.to(idist.device()), same_shape=True)
+            .reshape(-1, len(dynamic))
+            .cpu()
+        )
+        known = []
+        for k, (_, (i, attr, _, _, _)) in enumerate(dynamic):
+            column = [int(n) for n in table[:, k].tolist()]
+            target = max(column)
+            if any(n not in (1, target) for n in column):
+                raise ValueError(
+                    f"{type(metrics[i]).__name__}.{attr} has different sizes across ranks: {column}"
+                )
+            metrics[i].__dict__.setdefault("_agreed_sizes", {})[attr] = target
+            known.append(target)
+    out = list(flats)
+    for (col, (i, attr, op, flat, how)), target in zip(dynamic, known):
+        if flat.numel() == target:
+            continue
+        if flat.numel() != 1:
+            raise ValueError(
+                f"{type(metrics[i]).__name__}.{attr} has {flat.numel()} values, the job agreed on {target}"
+            )
+        how = ("tensor", torch.Size([target]), how[2], how[3]) if how[0] == "tensor" else how
+        out[col] = (i, attr, op, flat.expand(target).clone(), how)
+    return out

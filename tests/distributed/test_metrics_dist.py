@@ -176,3 +176,20 @@ def test_distributed_evaluation_equals_single_process(tmp_path, world_size):
         assert r["metrics"]["running"] == pytest.approx(mean_of_last, rel=1e-12)
     # ranks saw different batches, so their per-iteration (local) values differ
     assert len({r["local_running"][0] for r in records}) == world_size
+
+
+def _lazy_shape_job(local_rank):
+    from distengine.engine import Engine
+    from distengine.metrics import Average
+
+    # one 3-vector sample for 2 ranks: rank 1 sees only padding, so its Average never updates
+    ds = torch.utils.data.TensorDataset(torch.tensor([[1.0, 2.0, 4.0]]))
+    loader = idist.auto_dataloader(ds, batch_size=2, shuffle=False)
+    ev = Engine(lambda e, b: b[0])
+    Average().attach(ev, "avg")
+    return ev.run(loader, seed=0).metrics["avg"].tolist()
+
+
+def test_lazily_shaped_state_on_a_rank_without_samples():
+    results = idist.spawn(_lazy_shape_job, 2)  # a size mismatch here used to abort gloo
+    assert results == [[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]]
