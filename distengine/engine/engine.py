@@ -17,7 +17,7 @@ from distengine.engine.preemption import Preempted, catch_preemption
 from distengine.engine.rank_state import RankState
 from distengine.engine.registry import EventRegistry
 from distengine.engine.resume import apply_state_dict, build_state_dict
-from distengine.engine.run_setup import prepare_run
+from distengine.engine.run_setup import check_engine_args, prepare_run
 from distengine.engine.state import State
 
 __all__ = ["Engine"]
@@ -59,16 +59,7 @@ class Engine(EventRegistry):
     def __init__(
         self, process_function: Callable[[Engine, Any], Any], *, sync_check_every: int | None = None
     ):
-        if not callable(process_function):
-            raise TypeError(
-                f"process_function must be callable, got {type(process_function).__name__}"
-            )
-        if sync_check_every is not None and (
-            not isinstance(sync_check_every, int) or sync_check_every < 1
-        ):
-            raise ValueError(
-                f"sync_check_every must be a positive int or None, got {sync_check_every!r}"
-            )
+        check_engine_args(process_function, sync_check_every)
         self.state = State()
         super().__init__()
         self._process_function = process_function
@@ -89,7 +80,6 @@ class Engine(EventRegistry):
         self._preempt_signal: int | None = None
         self._preempt_bit = 0  # set by the signal handler; only cleared when acted upon
 
-    # --- requests (any rank) --------------------------------------------------------------
     def terminate(self, skip_completed: bool = False) -> None:
         """Stops the run after the current iteration (or epoch-level event); fires
         ``TERMINATE`` then ``COMPLETED`` (unless ``skip_completed``)."""
@@ -120,7 +110,6 @@ class Engine(EventRegistry):
         self._preempt_signal = signum
         self._preempt_bit = PREEMPT
 
-    # --- per-rank state --------------------------------------------------------------------
     @property
     def state_dict_user_keys(self) -> list[str]:
         return self._state_dict_user_keys

@@ -11,7 +11,21 @@ from distengine import distributed as idist
 if TYPE_CHECKING:
     from distengine.engine.engine import Engine
 
-__all__ = ["prepare_run"]
+__all__ = ["check_engine_args", "prepare_run"]
+
+
+def check_engine_args(process_function: object, sync_check_every: object) -> None:
+    """What ``Engine(...)`` accepts."""
+    if not callable(process_function):
+        raise TypeError(f"process_function must be callable, got {type(process_function).__name__}")
+    if sync_check_every is not None and (
+        isinstance(sync_check_every, bool)
+        or not isinstance(sync_check_every, int)
+        or sync_check_every < 1
+    ):
+        raise ValueError(
+            f"sync_check_every must be a positive int or None, got {sync_check_every!r}"
+        )
 
 
 def _data_length(data: Any) -> int | None:
