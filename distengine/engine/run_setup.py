@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -104,7 +105,7 @@ def prepare_run(
         raise TypeError(f"Argument data must be iterable, got {type(data).__name__}")
     if max_epochs is not None and max_iters is not None:
         raise ValueError("Arguments max_iters and max_epochs are mutually exclusive: give only one")
-    if max_iters is not None and s.max_epochs is not None:
+    if max_iters is not None and s.max_epochs is not None and s.max_iters is None:
         raise ValueError(
             "To switch from max_epochs to max_iters when continuing a run, set "
             "engine.state.max_epochs = None before run()"
@@ -114,10 +115,12 @@ def prepare_run(
             "To switch from max_iters to max_epochs when continuing a run, set "
             "engine.state.max_iters = None before run()"
         )
-    if s.max_epochs is not None:
-        _set_limit(engine, "max_epochs", max_epochs, "epoch")
     if s.max_iters is not None:
         _set_limit(engine, "max_iters", max_iters, "iteration")
+        if s.max_epochs is not None and s.epoch_length:  # derived from max_iters (data without len)
+            s.max_epochs = math.ceil(s.max_iters / s.epoch_length)
+    elif s.max_epochs is not None:
+        _set_limit(engine, "max_epochs", max_epochs, "epoch")
 
     new_run = (s.max_epochs is None and s.max_iters is None) or (
         engine._is_done() and engine._run_gen is None

@@ -105,3 +105,18 @@ def test_terminate_then_run_matches_ignites_documented_output():
         assert seen[-1] == (2, 14, 3)
         eng.run(range(10), max_epochs=4)
         assert seen[14:18] == [(3, 15, 0), (3, 16, 1), (3, 17, 2), (3, 18, 3)]
+
+
+def test_max_iters_continuation_with_data_without_len():
+    """max_epochs derived from max_iters (data without len) does not block a later
+    run(max_iters=larger)."""
+
+    class NoLen:
+        def __iter__(self):
+            return iter(range(4))
+
+    eng = Engine(lambda e, b: b)
+    eng.run(NoLen(), max_iters=6)
+    assert (eng.state.iteration, eng.state.epoch_length, eng.state.max_epochs) == (6, 4, 2)
+    eng.run(NoLen(), max_iters=9)
+    assert (eng.state.iteration, eng.state.max_iters, eng.state.max_epochs) == (9, 9, 3)
