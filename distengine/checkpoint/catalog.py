@@ -12,6 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from distengine.checkpoint.collective import on_rank0_for_all
 from distengine.checkpoint.errors import CheckpointIntegrityError
 from distengine.checkpoint.manifest import MANIFEST_SUFFIX, Manifest
 from distengine.checkpoint.storage import Storage
@@ -19,6 +20,7 @@ from distengine.checkpoint.storage import Storage
 __all__ = [
     "CheckpointEntry",
     "find_latest",
+    "latest_for_all",
     "list_checkpoints",
     "next_sequence",
     "verify_checkpoint",
@@ -154,3 +156,12 @@ def next_sequence(storage: Storage) -> int:
 def _note(problems: list[str] | None, line: str) -> None:
     if problems is not None:
         problems.append(line)
+
+
+def latest_for_all(storage: Storage, filename_prefix: str | None = None) -> str | None:
+    """:func:`find_latest` run on rank 0, its answer on every rank (a collective)."""
+    return on_rank0_for_all(
+        "latest",
+        lambda: find_latest(storage, filename_prefix),
+        f"listing checkpoints in {storage.url!r}",
+    )

@@ -219,3 +219,28 @@ def takes_metadata(fn: Callable) -> bool:
     except ValueError:  # no signature available: assume the full form
         return True
     return True
+
+
+def store_with_handler(handler: Any, takes_meta: bool, plan: SavePlan, payload: Any) -> None:
+    """Writes ``payload`` through a save handler (ours, or Ignite's callable forms), then
+    removes what retention dropped."""
+    if takes_meta:
+        handler(payload, plan.filename, dict(plan.fields))
+    else:
+        handler(payload, plan.filename)  # a callable of Ignite's two-argument form
+    remove = getattr(handler, "remove", None)
+    if callable(remove):
+        for filename in plan.remove:
+            remove(filename)
+
+
+def default_score_fn(metric_name: str, score_sign: float = 1.0) -> Callable[[Any], float]:
+    """A score function: ``score_sign * engine.state.metrics[metric_name]``
+    (``Checkpoint.get_default_score_fn``).
+
+    Example:
+        >>> neg_loss = default_score_fn("loss", -1.0)
+    """
+    if score_sign not in (1.0, -1.0):
+        raise ValueError(f"Argument score_sign should be 1 or -1, got {score_sign!r}")
+    return lambda engine: score_sign * engine.state.metrics[metric_name]

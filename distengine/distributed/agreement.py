@@ -15,6 +15,8 @@ from .collectives import _group
 
 __all__ = ["agree_flags", "check_in_sync", "rendezvous_check"]
 
+_flag_buf: tuple[object, torch.Tensor] | None = None  # (the runtime it belongs to, buffer)
+
 
 def agree_flags(flags: int) -> int:
     """Bitwise OR of ``flags`` over all ranks, in one small CPU collective.
@@ -41,7 +43,13 @@ def agree_flags(flags: int) -> int:
     rt = _group()
     if rt is None:
         return flags
-    buf = torch.tensor([flags], dtype=torch.int64)
+    global _flag_buf
+    if (
+        _flag_buf is None or _flag_buf[0] is not rt
+    ):  # one buffer per runtime: no allocation per call
+        _flag_buf = (rt, torch.zeros(1, dtype=torch.int64))
+    buf = _flag_buf[1]
+    buf.fill_(flags)
     dist.all_reduce(buf, op=dist.ReduceOp.BOR, group=rt.cpu_group)
     return int(buf.item())
 

@@ -10,13 +10,8 @@ from typing import Any
 
 from distengine import distributed as idist
 from distengine.checkpoint.async_writer import BackgroundWriter
-from distengine.checkpoint.catalog import find_latest
-from distengine.checkpoint.collective import (
-    broadcast_from,
-    gather_to_all,
-    handshake,
-    on_rank0_for_all,
-)
+from distengine.checkpoint.catalog import latest_for_all
+from distengine.checkpoint.collective import broadcast_from, gather_to_all, handshake
 from distengine.checkpoint.errors import CheckpointSaveError
 from distengine.checkpoint.loading import load_objects
 from distengine.checkpoint.naming import setup_filename_pattern
@@ -26,16 +21,13 @@ from distengine.checkpoint.policy import (
     basename,
     check_arguments,
     decide_save,
+    default_score_fn,
     describe_error,
+    store_with_handler,
     takes_metadata,
 )
 from distengine.checkpoint.shared import ensure_shared
-from distengine.checkpoint.state import (
-    build_payload,
-    has_rank_state,
-    local_state_dict,
-    snapshot,
-)
+from distengine.checkpoint.state import build_payload, has_rank_state, local_state_dict, snapshot
 from distengine.checkpoint.storage import Storage
 from distengine.engine import Engine, EventEnum, Events
 from distengine.handlers.disk_saver import DiskSaver
@@ -108,6 +100,7 @@ class Checkpoint:
     SAVED_CHECKPOINT = CheckpointEvents.SAVED_CHECKPOINT
     Item = Item
     setup_filename_pattern = staticmethod(setup_filename_pattern)
+    get_default_score_fn = staticmethod(default_score_fn)
 
     def __init__(
         self,
@@ -132,10 +125,11 @@ class Checkpoint:
             save_handler = DiskSaver(save_handler, create_dir=True)
         self.to_save = to_save
         self.save_handler = save_handler
+        self._handler_metadata = isinstance(save_handler, DiskSaver) or takes_metadata(save_handler)
         self.filename_prefix = filename_prefix
         self.score_name = score_name
         if score_name is not None and score_function is None:
-            score_function = self.get_default_score_fn(score_name)
+            score_function = default_score_fn(score_name)
         self.score_function = score_function
         self.n_saved = n_saved
         self.ext = "pt"
@@ -180,19 +174,6 @@ class Checkpoint:
             raise ValueError(f"Expected a state_dict with key '_saved', got {state_dict!r}")
         self._saved = [Item(p, f) for p, f in state_dict["_saved"]]
         self._retention_known = True
-
-    @staticmethod
-    def get_default_score_fn(
-        metric_name: str, score_sign: float = 1.0
-    ) -> Callable[[Engine], float]:
-        """A score function: ``score_sign * engine.state.metrics[metric_name]``.
-
-        Example:
-            >>> neg_loss = Checkpoint.get_default_score_fn("loss", -1.0)
-        """
-        if score_sign not in (1.0, -1.0):
-            raise ValueError(f"Argument score_sign should be 1 or -1, got {score_sign!r}")
-        return lambda engine: score_sign * engine.state.metrics[metric_name]
 
     def attach(self, engine: Engine, event_name: Any = Events.ITERATION_COMPLETED) -> None:
         """Registers ``SAVED_CHECKPOINT`` on ``engine`` now and adds this handler to ``event_name``."""
@@ -314,15 +295,7 @@ class Checkpoint:
             self._writer.submit(lambda: self._store(plan, copy))
 
     def _store(self, plan: SavePlan, payload: Any) -> None:
-        handler = self.save_handler
-        if isinstance(handler, DiskSaver) or takes_metadata(handler):
-            handler(payload, plan.filename, dict(plan.fields))
-        else:
-            handler(payload, plan.filename)  # a callable of Ignite's two-argument form
-        remove = getattr(handler, "remove", None)
-        if callable(remove):
-            for filename in plan.remove:
-                remove(filename)
+        store_with_handler(self.save_handler, self._handler_metadata, plan, payload)
 
     # --- background saves ----------------------------------------------------------------
     def wait(self) -> None:
@@ -425,12 +398,5 @@ class Checkpoint:
             >>> path = Checkpoint.latest("s3://bucket/run1", key="...", secret="...")  # doctest: +SKIP
         """
 
-        def look_up() -> str | None:
-            storage = (
-                dirname.storage
-                if isinstance(dirname, DiskSaver)
-                else Storage(dirname, **storage_options)
-            )
-            return find_latest(storage, filename_prefix)
-
-        return on_rank0_for_all("latest", look_up, f"listing checkpoints in {dirname!r}")
+        storage = getattr(dirname, "storage", None) or Storage(dirname, **storage_options)
+        return latest_for_all(storage, filename_prefix)
