@@ -150,7 +150,6 @@ class Checkpoint:
             if isinstance(obj, Engine) and score_function is None:  # a resume checkpoint
                 obj.register_preemption_saver(self._save_for_preemption)
 
-    # --- Ignite's small API ----------------------------------------------------------------
     @property
     def last_checkpoint(self) -> str | None:
         """Path/URL (with a ``DiskSaver``) or file name of the newest kept checkpoint."""
@@ -344,7 +343,6 @@ class Checkpoint:
             engine.add_event_handler(Events.COMPLETED, self.wait)
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 
-    # --- loading -------------------------------------------------------------------------
     @staticmethod
     def load_objects(
         to_load: Mapping[str, Any],
