@@ -79,6 +79,9 @@ def check_state_dict(state_dict: Any, user_keys: list[str]) -> dict[str, Any]:
     seed = sd.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"state_dict['seed'] must be an integer or None, got {seed!r}")
+    run_id = sd.get("run_id")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"state_dict['run_id'] must be a non-empty str or None, got {run_id!r}")
     return sd
 
 
@@ -93,6 +96,7 @@ def build_state_dict(engine: Engine) -> OrderedDict:
     for k in engine.state_dict_user_keys:
         sd[k] = getattr(s, k)
     sd["seed"] = s.seed
+    sd["run_id"] = s.run_id
     sd.update(engine._data.state_dict())
     # where in the epochs the run stands: epochs can end early (terminate_epoch), so this is
     # not derivable from the iteration; "in_progress" until the epoch's batches are done
@@ -130,6 +134,7 @@ def apply_state_dict(engine: Engine, state_dict: Mapping[str, Any]) -> None:
         else:
             s.epoch, engine._init_iter = int(progress["epoch"]), 0
     s.seed = sd.get("seed")
+    s.run_id = sd.get("run_id")
     in_pass = sd.get("pass_batches", s.iteration % s.epoch_length)
     engine._data.load(sd.get("data_pass", s.epoch), in_pass, sd.get("cursor"))
     # per-rank RNG streams only map onto the same world size

@@ -55,8 +55,9 @@ def _check_seed(seed: object) -> None:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
 
 
-def _agree_on_seed(seed: int | None, epoch_length: int | None) -> int:
-    """One seed on all ranks: the given one (which must match everywhere) or rank 0's draw.
+def _agree_on_seed(seed: int | None, epoch_length: int | None) -> tuple[int, str]:
+    """One seed and one run id on all ranks: the given seed (which must match everywhere) or
+    rank 0's draw, and rank 0's run id.
 
     At world size > 1 this is one collective that also checks what every rank must share:
     the seed and the epoch length (ranks running different numbers of iterations would pair
@@ -64,16 +65,16 @@ def _agree_on_seed(seed: int | None, epoch_length: int | None) -> int:
     """
     if idist.get_world_size() == 1:
         _check_seed(seed)
-        return seed if seed is not None else _draw_seed()
-    gathered = idist.all_gather((seed, _draw_seed(), epoch_length))
-    for given, _, _ in gathered:
+        return (seed if seed is not None else _draw_seed()), new_run_id()
+    gathered = idist.all_gather((seed, _draw_seed(), epoch_length, new_run_id()))
+    for given, *_ in gathered:
         _check_seed(given)
-    seeds = [g for g, _, _ in gathered]
+    seeds = [g for g, *_ in gathered]
     if len(set(seeds)) > 1:
         raise ValueError(
             f"run(seed=...) must be the same on every rank, got {seeds} (one per rank)"
         )
-    lengths = [n for _, _, n in gathered]
+    lengths = [n for _, _, n, _ in gathered]
     if None in lengths:
         raise ValueError(
             "At world size > 1 every rank must know the epoch length: pass epoch_length= for data "
@@ -84,7 +85,13 @@ def _agree_on_seed(seed: int | None, epoch_length: int | None) -> int:
             f"Every rank must run the same number of iterations per epoch, got epoch lengths {lengths} "
             "(one per rank): use idist.auto_dataloader, or give the same epoch_length everywhere"
         )
-    return seed if seed is not None else int(gathered[0][1])
+    return (seed if seed is not None else int(gathered[0][1])), str(gathered[0][3])
+
+
+def new_run_id() -> str:
+    """A fresh run identity: 16 random hex digits, never from torch's RNG (two jobs seeded
+    alike must still differ)."""
+    return secrets.token_hex(8)
 
 
 def _draw_seed() -> int:
@@ -142,7 +149,7 @@ def prepare_run(
         s.max_epochs = None if max_iters is not None else max_epochs
         s.max_iters = max_iters
         s.epoch_length = epoch_length
-        s.seed = _agree_on_seed(seed, epoch_length)
+        s.seed, s.run_id = _agree_on_seed(seed, epoch_length)
         engine._run_gen = None
         engine._dataloader_iter = None
         engine._data.reset()
@@ -167,8 +174,11 @@ def prepare_run(
                 f"This run continues a run with seed {s.seed}: got seed={seed}. The saved seed "
                 "decides the data order; pass the same seed or none"
             )
-        if s.seed is None:
-            s.seed = _agree_on_seed(seed, s.epoch_length)
+        if s.seed is None or s.run_id is None:
+            agreed_seed, run_id = _agree_on_seed(seed if s.seed is None else s.seed, s.epoch_length)
+            s.seed = agreed_seed
+            if s.run_id is None:
+                s.run_id = run_id
     if engine._dataloader_iter is None:
         s.dataloader = data
         engine._data.bind(data)

@@ -22,6 +22,8 @@ class State:
         metrics: metric values written by attached metrics.
         dataloader: the data given to ``run``.
         seed: the run's seed (identical on all ranks; decides the data order).
+        run_id: the run's identity (16 hex digits, identical on all ranks): drawn when a
+            new run starts, saved in ``state_dict`` and kept by every resume of that run.
         times: seconds taken by the last epoch (``"EPOCH_COMPLETED"``) and the run
             (``"COMPLETED"``).
         batch_padding: padded rows at the end of the current batch (metrics skip them).
@@ -61,6 +63,7 @@ class State:
         self.metrics: dict[str, Any] = {}
         self.dataloader: Any = None
         self.seed: int | None = None
+        self.run_id: str | None = None
         self.times: dict[str, float | None] = {
             Events.EPOCH_COMPLETED.name: None,
             Events.COMPLETED.name: None,

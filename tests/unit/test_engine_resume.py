@@ -385,3 +385,39 @@ def test_abandoning_an_interrupted_run_fires_no_exception_handler():
     )  # drops the paused run
     eng.run(range(4))
     assert seen == []
+
+
+def test_run_identity_is_drawn_per_run_and_carried_by_state_dict():
+    torch.manual_seed(0)
+    a = Engine(lambda e, b: None)
+    a.run(range(4), max_epochs=1, seed=3)
+    torch.manual_seed(0)
+    b = Engine(lambda e, b: None)
+    b.run(range(4), max_epochs=1, seed=3)
+    # two runs seeded alike are still two runs
+    assert isinstance(a.state.run_id, str) and len(a.state.run_id) == 16
+    assert a.state.run_id != b.state.run_id
+
+    stopped = Engine(lambda e, b: e.terminate() if e.state.iteration == 2 else None)
+    stopped.run(range(4), max_epochs=2, seed=1)
+    resumed = Engine(lambda e, b: None)
+    resumed.load_state_dict(stopped.state_dict())
+    assert resumed.state.run_id == stopped.state.run_id
+    resumed.run(range(4))
+    assert resumed.state.run_id == stopped.state.run_id  # a resume is the same run
+
+    first = a.state.run_id
+    a.run(range(4), max_epochs=1, seed=3)  # done, so a new run starts
+    assert a.state.run_id != first
+
+
+def test_state_dict_without_run_identity_gets_one_at_run():
+    e = Engine(lambda e, b: None)
+    e.load_state_dict({"iteration": 2, "epoch_length": 4, "max_epochs": 2})
+    assert e.state.run_id is None
+    e.run(range(4))
+    assert isinstance(e.state.run_id, str) and len(e.state.run_id) == 16
+    with pytest.raises(ValueError, match="run_id"):
+        Engine(lambda e, b: None).load_state_dict(
+            {"iteration": 2, "epoch_length": 4, "max_epochs": 2, "run_id": 5}
+        )
