@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -100,10 +101,20 @@ class S3Server:
         """A fresh ``s3://`` directory URL in the bucket (unique per call)."""
         return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:8]}"
 
+    def pause(self) -> None:
+        """Freezes the server (SIGSTOP): requests hang instead of failing, as with a
+        stalled store. :meth:`resume` (or :meth:`stop`) undoes it."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Lets a paused server go on (SIGCONT)."""
+        if self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Kills the server (idempotent): later requests fail with a connection error."""
         if self._proc.poll() is None:
-            self._proc.kill()
+            self._proc.kill()  # SIGKILL also ends a paused (stopped) process
             self._proc.wait(timeout=10)
 
 

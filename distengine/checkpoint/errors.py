@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CheckpointIntegrityError", "CheckpointSaveError"]
+__all__ = [
+    "CheckpointConflictError",
+    "CheckpointError",
+    "CheckpointIntegrityError",
+    "CheckpointSaveError",
+    "CheckpointTimeoutError",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -22,4 +28,23 @@ class CheckpointSaveError(CheckpointError):
 
     Example:
         >>> raise CheckpointSaveError("save of 'checkpoint_10.pt' failed on rank 0: ...")  # doctest: +SKIP
+    """
+
+
+class CheckpointConflictError(CheckpointSaveError):
+    """Another live writer saves the same checkpoint names into the same directory.
+
+    Raised (on every rank) before anything is written, naming the directory and the
+    other run.
+
+    Example:
+        >>> raise CheckpointConflictError("/ckpt: run 3f... is also saving here")  # doctest: +SKIP
+    """
+
+
+class CheckpointTimeoutError(CheckpointError, TimeoutError):
+    """A storage call did not finish (or make progress) within the I/O timeout.
+
+    Example:
+        >>> raise CheckpointTimeoutError("writing s3://b/c_1.pt: no progress for 120 s")  # doctest: +SKIP
     """

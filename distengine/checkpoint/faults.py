@@ -15,7 +15,16 @@ environment variable ``DISTENGINE_FAULT_INJECT`` names that phase::
     final name (local disk) or closed (object storage);
   - ``before_manifest``: the payload is committed, its manifest not written;
   - ``manifest_partial``: half of the manifest's bytes are written;
-  - ``before_cleanup``: the manifest is committed, older checkpoints not yet removed.
+  - ``before_cleanup``: the manifest is committed (the checkpoint exists), nothing
+    older removed yet;
+  - ``before_promote``: only when the file name was in use by this handler's previous
+    checkpoint, so the new one was written under a unique name (see
+    ``docs/checkpoints.md``): the previous one is removed, the new one not yet copied
+    to the file name;
+  - ``promote_partial``: the copy under the file name exists, half of its manifest
+    is written;
+  - ``after_promote``: the copy under the file name is committed, the unique-name
+    one not yet removed.
 
 - ``COUNT`` (default 1): fire at the COUNT-th time this process reaches that phase, so
   that "the first save succeeds, the second is killed" needs no extra code.
@@ -49,6 +58,9 @@ PHASES = (
     "before_manifest",
     "manifest_partial",
     "before_cleanup",
+    "before_promote",
+    "promote_partial",
+    "after_promote",
 )
 _ACTIONS = ("kill", "raise")
 

@@ -29,6 +29,8 @@ class HashingWriter:
         raw: the destination file object (anything with ``write``).
         on_write: optional callback run before each write with the number of bytes
             written so far (the writer's fault-injection hook uses it).
+        progress: optional counter (anything with ``add(n)``) told of every byte written,
+            so that a bounded call can tell a slow write from a stalled one.
 
     Example:
         >>> import io
@@ -38,8 +40,14 @@ class HashingWriter:
         (3, 'ba7816bf')
     """
 
-    def __init__(self, raw: BinaryIO, on_write: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        raw: BinaryIO,
+        on_write: Callable[[int], None] | None = None,
+        progress: Any = None,
+    ):
         self._raw = raw
+        self._progress = progress
         self._sha = hashlib.sha256()
         self._on_write = on_write
         self._pool: ThreadPoolExecutor | None = None
@@ -76,6 +84,8 @@ class HashingWriter:
             self._raw.write(view)
             self._sha.update(view)
         self.size += n
+        if self._progress is not None:
+            self._progress.add(n)
         return n
 
     def flush(self) -> None:

@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from distengine import distributed as idist
+from distengine.checkpoint.catalog import load_manifest
+from distengine.checkpoint.deadline import Progress, call_with_progress
 from distengine.checkpoint.errors import CheckpointIntegrityError
-from distengine.checkpoint.manifest import Manifest, manifest_name
-from distengine.checkpoint.state import RESERVED_KEY, apply_state
-from distengine.checkpoint.storage import Storage
+from distengine.checkpoint.manifest import manifest_candidates, manifest_name
+from distengine.checkpoint.state import RESERVED_KEY, apply_tree, check_objects, rank_state_only
+from distengine.checkpoint.storage import Storage, _CountingReader
 
 __all__ = ["load_objects", "read_payload", "split_url"]
 
@@ -34,19 +36,29 @@ def split_url(url: str) -> tuple[str, str]:
     return head, name
 
 
-def read_payload(url: str, map_location: Any = None, **storage_options: Any) -> Any:
+def read_payload(
+    url: str | os.PathLike,
+    map_location: Any = None,
+    io_timeout: float | None = None,
+    **storage_options: Any,
+) -> Any:
     """Loads a checkpoint payload after checking it against its manifest.
 
-    A payload without a manifest (e.g. written by Ignite or by ``torch.save``) is loaded
-    with a warning that it was not verified.
+    The manifest is checked as ``Checkpoint.latest`` checks it (size cap, checksum,
+    fields, bound to this payload), then the payload's size and SHA-256. A payload
+    without a manifest (e.g. written by Ignite or by ``torch.save``) is loaded with a
+    warning that it was not verified.
 
     Args:
         url: the payload's path or URL (what ``Checkpoint.latest`` returns).
         map_location: passed to ``torch.load``.
+        io_timeout: seconds after which a stalled read fails (default
+            ``DISTENGINE_STORAGE_TIMEOUT`` or 120).
         **storage_options: passed to the fsspec filesystem.
 
     Raises:
-        CheckpointIntegrityError: the payload does not match its manifest or does not load.
+        CheckpointIntegrityError: the manifest or the payload does not check out, or the
+            payload does not load.
         FileNotFoundError: there is no such payload.
 
     Example:
@@ -55,12 +67,9 @@ def read_payload(url: str, map_location: Any = None, **storage_options: Any) -> 
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"Expected a checkpoint path or URL (str), got {type(url).__name__}")
     directory, name = split_url(os.fspath(url))
-    storage = Storage(directory, **storage_options)
-    try:
-        raw_manifest = storage.read(manifest_name(name))
-    except FileNotFoundError:
-        raw_manifest = None
-    if raw_manifest is None:
+    storage = Storage(directory, io_timeout=io_timeout, **storage_options)
+    found = next((m for m in manifest_candidates(name) if storage.exists(m)), None)
+    if found is None:
         warnings.warn(
             f"{storage.url_of(name)} has no manifest ({manifest_name(name)}): loading it unverified",
             RuntimeWarning,
@@ -69,19 +78,23 @@ def read_payload(url: str, map_location: Any = None, **storage_options: Any) -> 
         f = storage.open_read(name)
     else:
         try:
-            manifest = Manifest.from_json(raw_manifest)
+            manifest = load_manifest(storage, found)
         except ValueError as e:
-            raise CheckpointIntegrityError(
-                f"{storage.url_of(manifest_name(name))}: invalid manifest: {e}"
-            ) from None
-        if manifest.payload != name:
-            raise CheckpointIntegrityError(
-                f"{storage.url_of(manifest_name(name))} describes {manifest.payload!r}, not {name!r}"
-            )
+            raise CheckpointIntegrityError(str(e)) from None
         f = storage.open_verified(name, size=manifest.size, sha256=manifest.sha256)
+    progress = Progress()
     with f:
         try:
-            return torch.load(f, map_location=map_location, weights_only=True)
+            return call_with_progress(
+                lambda: torch.load(
+                    _CountingReader(f, progress), map_location=map_location, weights_only=True
+                ),
+                progress,
+                storage.io_timeout,
+                f"loading {storage.url_of(name)}",
+            )
+        except (OSError, TimeoutError):
+            raise
         except Exception as e:
             raise CheckpointIntegrityError(f"{storage.url_of(name)}: cannot be loaded: {e}") from e
 
@@ -91,25 +104,25 @@ def load_objects(
     checkpoint: str | os.PathLike | Mapping[str, Any],
     strict: bool = True,
     map_location: Any = None,
+    io_timeout: float | None = None,
     **storage_options: Any,
 ) -> None:
     """Restores each object of ``to_load`` from ``checkpoint``; see ``Checkpoint.load_objects``."""
+    if not isinstance(checkpoint, (str, os.PathLike, Mapping)):
+        raise TypeError(
+            "Argument checkpoint should be a string or a dictionary (a path/URL, or a mapping "
+            f"already loaded), but given {type(checkpoint).__name__}"
+        )
     if not isinstance(to_load, Mapping):
         raise TypeError(
             f"Argument to_load should be a mapping of objects, got {type(to_load).__name__}"
         )
-    for key, obj in to_load.items():
-        if not (hasattr(obj, "load_state_dict") or hasattr(obj, "load_rank_state_dict")):
-            raise TypeError(
-                f"Object {key!r} ({type(obj).__name__}) should have a load_state_dict method"
-            )
-    if isinstance(checkpoint, (str, os.PathLike)):
-        payload = read_payload(os.fspath(checkpoint), map_location, **storage_options)
-    elif isinstance(checkpoint, Mapping):
+    check_objects(to_load, "load_state_dict", "to_load")
+    if isinstance(checkpoint, Mapping):
         payload = checkpoint
     else:
-        raise TypeError(
-            f"Argument checkpoint should be a path/URL string or a mapping, got {type(checkpoint).__name__}"
+        payload = read_payload(
+            os.fspath(checkpoint), map_location, io_timeout=io_timeout, **storage_options
         )
     if not isinstance(payload, Mapping):
         raise TypeError(f"Expected the checkpoint to hold a mapping, got {type(payload).__name__}")
@@ -118,18 +131,19 @@ def load_objects(
         # A checkpoint of a single object holds that object's state_dict directly (Ignite).
         key, obj = next(iter(to_load.items()))
         if key not in payload:
-            apply_state(obj, payload, strict)
+            apply_tree(obj, payload, strict, f"to_load[{key!r}]")
             return
     rank_states: Mapping[str, list] = meta["rank_states"] if meta is not None else {}
     missing = [k for k in to_load if k not in payload and k not in rank_states]
     if missing and strict:
         present = sorted(k for k in payload if k != RESERVED_KEY)
         raise ValueError(
-            f"Objects {missing} are not in the checkpoint, which holds {present} (strict=True)"
+            f"Key {missing[0]!r} from to_load is not found in the checkpoint, which holds "
+            f"{present} (missing: {missing}; strict=True)"
         )
     for key, obj in to_load.items():
-        if key in payload and hasattr(obj, "load_state_dict"):
-            apply_state(obj, payload[key], strict)
+        if key in payload and not rank_state_only(obj):
+            apply_tree(obj, payload[key], strict, f"to_load[{key!r}]")
     if rank_states:
         _load_rank_states(to_load, rank_states, int(meta["world_size"]))
 

@@ -3,14 +3,34 @@
 ``{filename_prefix}_{name}_{global_step}_{score_name}={score}.{ext}``, where parts are
 dropped as Ignite drops them: no prefix when it is empty, no global step when there is
 neither a ``global_step_transform`` nor a score (then the step is the iteration), no
-score without a ``score_function``.
+score without a ``score_function``. Patterns are checked when a handler is built: an
+unknown field or a name that is not a plain file name fails there, not at the first save.
 """
 
 from __future__ import annotations
 
 import numbers
 
-__all__ = ["format_score", "render_filename", "setup_filename_pattern"]
+from distengine.checkpoint.manifest import check_file_name
+
+__all__ = [
+    "FilenamePatternError",
+    "check_filename_prefix",
+    "check_pattern",
+    "format_score",
+    "render_filename",
+    "setup_filename_pattern",
+]
+
+FIELDS = ("filename_prefix", "name", "score_name", "score", "global_step", "ext")
+
+
+class FilenamePatternError(ValueError, KeyError):
+    """A ``filename_pattern`` that cannot render a file name (a ``ValueError``; also a
+    ``KeyError`` for an unknown field, as Ignite raises at the first save)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def setup_filename_pattern(
@@ -39,11 +59,13 @@ def setup_filename_pattern(
     """
     if not (with_global_step or with_score):
         raise ValueError(
-            f"Expected with_score or with_global_step to be True, got with_score={with_score}, "
-            f"with_global_step={with_global_step}"
+            "At least one of with_score and with_global_step should be True, got "
+            f"with_score={with_score}, with_global_step={with_global_step}"
         )
     if with_score_name and not with_score:
-        raise ValueError("Expected with_score=True when with_score_name=True, got with_score=False")
+        raise ValueError(
+            "If with_score_name is True, with_score should be also True, got with_score=False"
+        )
     pattern = "{name}"
     if with_global_step:
         pattern += "_{global_step}"
@@ -58,10 +80,72 @@ def format_score(priority: float) -> str:
     """Integers as they are, other numbers with 4 decimals (Ignite's rendering).
 
     Example:
-        >>> format_score(3), format_score(0.912345)
-        ('3', '0.9123')
+        >>> format_score(3), format_score(0.912345), format_score(float("nan"))
+        ('3', '0.9123', 'nan')
     """
     return f"{priority}" if isinstance(priority, numbers.Integral) else f"{priority:.4f}"
+
+
+def check_filename_prefix(prefix: object) -> str:
+    """Returns ``prefix`` if it can start a file name, else raises.
+
+    Example:
+        >>> check_filename_prefix("run/1")
+        Traceback (most recent call last):
+        ...
+        ValueError: filename_prefix must not contain '/', '\\\\' or NUL (it starts a file name in the checkpoint directory), got 'run/1'
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"filename_prefix must be a str, got {type(prefix).__name__}")
+    if any(c in prefix for c in "/\\\0"):
+        raise ValueError(
+            "filename_prefix must not contain '/', '\\\\' or NUL (it starts a file name in the "
+            f"checkpoint directory), got {prefix!r}"
+        )
+    return prefix
+
+
+def check_pattern(
+    pattern: object, filename_prefix: str = "p", name: str = "n", ext: str = "pt"
+) -> None:
+    """Checks that ``pattern`` renders a plain file name for any score and step.
+
+    Raises:
+        FilenamePatternError: an unknown field (also a ``KeyError``), a positional field,
+            a bad format spec, or a rendered name that is not a plain file name.
+        TypeError: ``pattern`` is not a string.
+
+    Example:
+        >>> check_pattern("{name}_{epoch}.{ext}")
+        Traceback (most recent call last):
+        ...
+        distengine.checkpoint.naming.FilenamePatternError: filename_pattern '{name}_{epoch}.{ext}' has an unknown field 'epoch'; the fields are filename_prefix, name, score_name, score, global_step, ext
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(f"filename_pattern must be a str, got {type(pattern).__name__}")
+    try:
+        rendered = pattern.format(
+            filename_prefix=filename_prefix or "p",
+            name=name,
+            score_name="s",
+            score="0.5000",
+            global_step=1,
+            ext=ext,
+        )
+    except KeyError as e:
+        raise FilenamePatternError(
+            f"filename_pattern {pattern!r} has an unknown field {e.args[0]!r}; the fields are "
+            + ", ".join(FIELDS)
+        ) from None
+    except (IndexError, ValueError) as e:
+        raise FilenamePatternError(
+            f"filename_pattern {pattern!r} cannot be rendered ({e}); use named fields such as "
+            "{name} and {global_step}"
+        ) from None
+    try:
+        check_file_name(rendered, "a name rendered from filename_pattern")
+    except ValueError as e:
+        raise FilenamePatternError(f"filename_pattern {pattern!r} gives bad names: {e}") from None
 
 
 def render_filename(

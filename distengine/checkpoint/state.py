@@ -8,6 +8,9 @@
   payload stores it under :data:`RESERVED_KEY` as a list indexed by rank.
 - Content must load with ``torch.load(weights_only=True)``; :func:`check_weights_only`
   says at save time, with the path of the offending value, what would not.
+- ``to_save``/``to_load`` may nest objects in lists, tuples and dicts, as in Ignite
+  (``{"models": [generator, discriminator]}``): :func:`tree_state_dict` saves the same
+  nesting of state dicts and :func:`apply_tree` loads it back.
 - :func:`snapshot` copies state off the training tensors (to CPU) for background writes.
 """
 
@@ -22,10 +25,14 @@ from torch import nn
 
 __all__ = [
     "RESERVED_KEY",
+    "apply_tree",
     "build_payload",
+    "check_objects",
+    "tree_state_dict",
     "apply_state",
     "check_weights_only",
     "has_rank_state",
+    "rank_state_only",
     "local_state_dict",
     "snapshot",
     "strip_prefixes",
@@ -68,6 +75,13 @@ def unwrap_model(obj: Any) -> Any:
 def has_rank_state(obj: Any) -> bool:
     """Whether ``obj`` contributes per-rank state (has a callable ``rank_state_dict``)."""
     return callable(getattr(obj, "rank_state_dict", None))
+
+
+def rank_state_only(obj: Any) -> bool:
+    """Whether ``obj`` has per-rank state and no ``state_dict``/``load_state_dict``."""
+    return not (hasattr(obj, "state_dict") or hasattr(obj, "load_state_dict")) and (
+        has_rank_state(obj) or callable(getattr(obj, "load_rank_state_dict", None))
+    )
 
 
 def local_state_dict(obj: Any) -> Any:
@@ -118,6 +132,85 @@ def apply_state(obj: Any, state: Any, strict: bool) -> None:
         target.load_state_dict(strip_prefixes(state), strict=strict)
     else:
         target.load_state_dict(state)
+
+
+def check_objects(tree: Any, attr: str, path: str) -> None:
+    """Raises ``TypeError`` unless every leaf of ``tree`` has method ``attr``.
+
+    Leaves are objects with ``attr`` (or with per-rank state); lists, tuples and dicts
+    of them are walked.
+
+    Example:
+        >>> check_objects({"m": [nn.Linear(1, 1), 3]}, "state_dict", "to_save")
+        Traceback (most recent call last):
+        ...
+        TypeError: Object to_save['m'][1] (int) should have `state_dict` method
+    """
+    if (
+        hasattr(tree, attr)
+        or has_rank_state(tree)
+        or (attr == "load_state_dict" and callable(getattr(tree, "load_rank_state_dict", None)))
+    ):
+        return
+    if isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            check_objects(v, attr, f"{path}[{i}]")
+        return
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            check_objects(v, attr, f"{path}[{k!r}]")
+        return
+    raise TypeError(f"Object {path} ({type(tree).__name__}) should have `{attr}` method")
+
+
+def tree_state_dict(tree: Any) -> Any:
+    """``state_dict()`` of every object of ``tree``, in the same nesting (through model
+    wrappers).
+
+    Example:
+        >>> sd = tree_state_dict([nn.Linear(1, 1), {"b": nn.Linear(1, 1)}])
+        >>> sorted(sd[1]["b"])
+        ['bias', 'weight']
+    """
+    if hasattr(tree, "state_dict"):
+        return local_state_dict(tree)
+    if isinstance(tree, (list, tuple)):
+        return [tree_state_dict(v) for v in tree]
+    if isinstance(tree, Mapping):
+        return {k: tree_state_dict(v) for k, v in tree.items()}
+    raise TypeError(f"{type(tree).__name__} has no state_dict method")
+
+
+def apply_tree(tree: Any, state: Any, strict: bool, path: str) -> None:
+    """Loads ``state`` (as :func:`tree_state_dict` made it) into the objects of ``tree``.
+
+    Raises:
+        ValueError: the nesting of ``state`` does not match ``tree``.
+    """
+    if hasattr(tree, "load_state_dict"):
+        apply_state(tree, state, strict)
+        return
+    if isinstance(tree, (list, tuple)):
+        if not isinstance(state, (list, tuple)) or len(state) != len(tree):
+            raise ValueError(
+                f"{path}: expected a list of {len(tree)} states in the checkpoint, got "
+                f"{type(state).__name__}"
+                + (f" of {len(state)}" if isinstance(state, (list, tuple)) else "")
+            )
+        for i, (obj, st) in enumerate(zip(tree, state)):
+            apply_tree(obj, st, strict, f"{path}[{i}]")
+        return
+    if isinstance(tree, Mapping):
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path}: expected a mapping of states, got {type(state).__name__}")
+        for k, obj in tree.items():
+            if k not in state:
+                raise ValueError(
+                    f"Key {k!r} of {path} is not found in the checkpoint, which holds {sorted(map(str, state))}"
+                )
+            apply_tree(obj, state[k], strict, f"{path}[{k!r}]")
+        return
+    raise TypeError(f"Object {path} ({type(tree).__name__}) should have `load_state_dict` method")
 
 
 def build_payload(

@@ -18,6 +18,7 @@ from distengine.engine.rank_state import RankState
 from distengine.engine.registry import EventRegistry
 from distengine.engine.resume import apply_state_dict, build_state_dict
 from distengine.engine.run_setup import check_engine_args, prepare_run
+from distengine.engine.running import running
 from distengine.engine.state import State
 
 __all__ = ["Engine"]
@@ -166,7 +167,7 @@ class Engine(EventRegistry):
         if self._run_gen is None:
             self._run_gen = self._loop()
         try:
-            with catch_preemption(self._on_preempt_signal):
+            with catch_preemption(self._on_preempt_signal), running(self):
                 next(self._run_gen)  # returns here only when interrupted
         except StopIteration:
             self._run_gen = None

@@ -1,7 +1,7 @@
 """Rank-aware handlers: checkpoints, progress, early stopping, timing, NaN guard, loggers."""
 
 from distengine.handlers.base_logger import BaseLogger, global_step_from_engine
-from distengine.handlers.checkpoint import Checkpoint
+from distengine.handlers.checkpoint import BaseSaveHandler, Checkpoint, ModelCheckpoint
 from distengine.handlers.csv_logger import CSVLogger
 from distengine.handlers.disk_saver import DiskSaver
 from distengine.handlers.early_stopping import EarlyStopping
@@ -13,10 +13,12 @@ from distengine.handlers.timer import Timer
 
 __all__ = [
     "BaseLogger",
+    "BaseSaveHandler",
     "CSVLogger",
     "Checkpoint",
     "DiskSaver",
     "EarlyStopping",
+    "ModelCheckpoint",
     "ProgressBar",
     "TensorBoardLogger",
     "TerminateOnNan",

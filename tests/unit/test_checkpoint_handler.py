@@ -93,7 +93,7 @@ def test_files_and_retention_match_ignite(tmp_path, case):
     if CASES[case].get("include_self"):
         payload = torch.load(handler.last_checkpoint, weights_only=True)
         expected = torch.load(ihandler.last_checkpoint, weights_only=True)["checkpointer"]
-        assert payload["checkpointer"]["_saved"] == [list(i) for i in expected["_saved"]]
+        assert payload["checkpointer"]["_saved"] == expected["_saved"]
 
 
 @pytest.mark.parametrize("keys", [("model",), ("model", "opt")])
@@ -141,18 +141,31 @@ def test_retention_is_rebuilt_from_manifests_after_restart(tmp_path):
 
 
 def test_score_retention_rebuilt_keeps_the_best_across_restart(tmp_path):
-    scores = iter([0.9, 0.1, 0.5, 0.95])
+    scores = iter([0.9, 0.1, 0.5, 0.95, 0.99, 0.3])
     model = nn.Linear(2, 2)
     kwargs = {"score_function": lambda e: next(scores), "score_name": "acc", "n_saved": 2}
     h1 = Checkpoint({"model": model}, str(tmp_path), **kwargs)
     engine = Engine(lambda e, b: None)
     engine.add_event_handler(Events.ITERATION_COMPLETED, h1)
     engine.run([0, 1], max_epochs=1)  # keeps 0.9 and 0.1
+    # "restart": a new process resumes the run (same run id) with a new handler
     h2 = Checkpoint({"model": model}, DiskSaver(str(tmp_path), require_empty=False), **kwargs)
     engine2 = Engine(lambda e, b: None)
+    engine2.load_state_dict(engine.state_dict())
     engine2.add_event_handler(Events.ITERATION_COMPLETED, h2)
-    engine2.run([0, 1], max_epochs=1)  # 0.5 replaces 0.1; 0.95 replaces 0.5
+    engine2.run([0, 1], max_epochs=2)  # 0.5 replaces 0.1; 0.95 replaces 0.5
     assert _pt_files(tmp_path) == ["model_acc=0.9000.pt", "model_acc=0.9500.pt"]
+    # a new run (not resumed) keeps its own best and leaves the first run's alone
+    h3 = Checkpoint({"model": model}, DiskSaver(str(tmp_path), require_empty=False), **kwargs)
+    engine3 = Engine(lambda e, b: None)
+    engine3.add_event_handler(Events.ITERATION_COMPLETED, h3)
+    engine3.run([0, 1], max_epochs=1)  # 0.99 and 0.3, both kept
+    assert _pt_files(tmp_path) == [
+        "model_acc=0.3000.pt",
+        "model_acc=0.9000.pt",
+        "model_acc=0.9500.pt",
+        "model_acc=0.9900.pt",
+    ]
 
 
 def test_loaded_handler_state_wins_over_rebuild_and_reset_forgets(tmp_path):
@@ -162,10 +175,10 @@ def test_loaded_handler_state_wins_over_rebuild_and_reset_forgets(tmp_path):
     engine.add_event_handler(Events.ITERATION_COMPLETED, h)
     engine.run([0, 1, 2], max_epochs=1)
     sd = h.state_dict()
-    assert sd == {"_saved": [[2, "model_2.pt"], [3, "model_3.pt"]]}
+    assert sd == {"_saved": [(2, "model_2.pt"), (3, "model_3.pt")]}
     h2 = Checkpoint({"model": model}, DiskSaver(str(tmp_path), require_empty=False), n_saved=2)
     h2.load_state_dict({"_saved": [[3, "model_3.pt"]]})
-    assert h2.state_dict() == {"_saved": [[3, "model_3.pt"]]}
+    assert h2.state_dict() == {"_saved": [(3, "model_3.pt")]}
     h2.reset()
     assert h2.last_checkpoint is None and h2.state_dict() == {"_saved": []}
     with pytest.raises(ValueError, match="_saved"):

@@ -104,7 +104,9 @@ def test_wrapped_models_are_saved_without_prefixes(tmp_path):
 
 def test_strict_controls_missing_objects_and_keys(tmp_path):
     path = _save_once(tmp_path, {"model": _model(0), "probe": RankProbe(1)})
-    with pytest.raises(ValueError, match=r"\['absent'\] are not in the checkpoint"):
+    with pytest.raises(
+        ValueError, match=r"Key 'absent' from to_load is not found in the checkpoint"
+    ):
         Checkpoint.load_objects({"model": _model(1), "absent": RankProbe()}, path)
     bigger = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="Missing key"):

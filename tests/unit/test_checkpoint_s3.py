@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 
 import pytest
@@ -12,6 +14,7 @@ from distengine.checkpoint import (
     CheckpointError,
     CheckpointIntegrityError,
     CheckpointSaveError,
+    CheckpointTimeoutError,
     Storage,
     faults,
 )
@@ -52,10 +55,10 @@ def test_save_retention_latest_and_load(s3_server):
     engine, model, handler = _trainer(url, opts)
     engine.run(list(range(4)), max_epochs=1)
     assert _names(url, opts) == [
-        "checkpoint_3.manifest.json",
         "checkpoint_3.pt",
-        "checkpoint_4.manifest.json",
+        "checkpoint_3.pt.manifest.json",
         "checkpoint_4.pt",
+        "checkpoint_4.pt.manifest.json",
     ]
     latest = Checkpoint.latest(url, **opts)
     assert latest == f"{url}/checkpoint_4.pt" == handler.last_checkpoint
@@ -93,14 +96,10 @@ def test_failed_upload_publishes_nothing(s3_server, monkeypatch, phase):
     url, opts = s3_server.url("partial"), s3_server.storage_options
     engine, _, _ = _trainer(url, opts, n_saved=None)
     monkeypatch.setenv(faults.FAULT_INJECT_ENV, f"{phase}:2:raise")
-    with pytest.raises(CheckpointSaveError, match=phase):
+    with pytest.raises(CheckpointSaveError, match=f"checkpoint_2.pt.*{phase}"):
         engine.run(list(range(3)), max_epochs=1)
-    expected = ["checkpoint_1.manifest.json", "checkpoint_1.pt"]
-    if phase == "manifest_partial":
-        expected.append(
-            "checkpoint_2.pt"
-        )  # an orphan payload: not a checkpoint without its manifest
-    assert _names(url, opts) == expected
+    # the failed save removed what it had written (an orphan payload, its intent)
+    assert _names(url, opts) == ["checkpoint_1.pt", "checkpoint_1.pt.manifest.json"]
     assert Checkpoint.latest(url, **opts) == f"{url}/checkpoint_1.pt"
 
 
@@ -124,14 +123,136 @@ def test_server_stopped_during_a_save(s3_server_private):
             engine.run(list(range(3)), max_epochs=1)
         assert time.monotonic() - start < 30
     finally:
+        faults.set_fault_hook(None)
         proxy.stop()
     direct = server.storage_options  # the server itself is still up and holds the objects
-    assert _names(url, direct) == ["checkpoint_1.manifest.json", "checkpoint_1.pt"]
+    names = _names(url, direct)
+    checkpoints = [n for n in names if not n.startswith(".ckpt-intent.")]
+    assert checkpoints == ["checkpoint_1.pt", "checkpoint_1.pt.manifest.json"]
     latest = Checkpoint.latest(url, **direct)
     assert latest == f"{url}/checkpoint_1.pt"
-    Checkpoint.load_objects({"model": nn.Linear(3, 3)}, latest, strict=False, **direct)
+    # the job restarts with the store reachable: it resumes and tidies what the outage left
+    engine2, _, _ = _trainer(url, direct, n_saved=1)
+    Checkpoint.load_objects({"trainer": engine2}, latest, strict=False, **direct)
+    engine2.run(list(range(3)), max_epochs=1)
+    assert _names(url, direct) == ["checkpoint_3.pt", "checkpoint_3.pt.manifest.json"]
     server.stop()  # now the server itself goes away: a clear error, not a hang
     start = time.monotonic()
     with pytest.raises(CheckpointError, match="listing checkpoints.*failed"):
         Checkpoint.latest(url, **direct)
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.timeout(90)
+def test_stalled_store_fails_the_save_in_bounded_time_naming_the_file(s3_server_private):
+    server = s3_server_private
+    url, opts = server.url("stalled"), server.storage_options
+    model = nn.Linear(3, 3)
+    engine = Engine(lambda e, b: None)
+    handler = Checkpoint(
+        {"model": model, "trainer": engine},
+        DiskSaver(url, require_empty=False, io_timeout=3, **opts),
+        n_saved=1,
+    )
+    engine.add_event_handler(Events.ITERATION_COMPLETED, handler)
+
+    def freeze_during_second_upload(phase: str) -> None:
+        if phase == "payload_partial" and engine.state.iteration == 2:
+            server.pause()
+
+    faults.set_fault_hook(freeze_during_second_upload)
+    start = time.monotonic()
+    try:
+        with pytest.raises(
+            CheckpointSaveError, match=r"checkpoint_2\.pt.*no progress for 3 s"
+        ) as info:
+            engine.run(list(range(3)), max_epochs=1)
+        elapsed = time.monotonic() - start
+    finally:
+        faults.set_fault_hook(None)
+        server.resume()
+    assert isinstance(info.value.__cause__, CheckpointTimeoutError)
+    assert 3 <= elapsed < 20
+    latest = Checkpoint.latest(url, **opts)
+    assert latest == f"{url}/checkpoint_1.pt"
+    Checkpoint.load_objects({"model": nn.Linear(3, 3)}, latest, strict=False, **opts)
+
+
+@pytest.mark.timeout(90)
+def test_timeout_after_the_commit_is_a_warning_not_a_failed_save(s3_server_private):
+    server = s3_server_private
+    url, opts = server.url("late"), server.storage_options
+    engine = Engine(lambda e, b: None)
+    handler = Checkpoint(
+        {"model": nn.Linear(3, 3), "trainer": engine},
+        DiskSaver(url, require_empty=False, io_timeout=2, **opts),
+        n_saved=1,
+    )
+    saved = []
+    handler.attach(engine, Events.ITERATION_COMPLETED)
+    engine.add_event_handler(Checkpoint.SAVED_CHECKPOINT, lambda e: saved.append(e.state.iteration))
+
+    def freeze_after_second_commit(phase: str) -> None:
+        if phase == "before_cleanup" and engine.state.iteration == 2:
+            server.pause()
+
+    faults.set_fault_hook(freeze_after_second_commit)
+    try:
+        with pytest.warns(
+            RuntimeWarning, match=r"checkpoint_2\.pt is saved, but tidying up.*no progress"
+        ):
+            engine.run(list(range(2)), max_epochs=1)
+    finally:
+        faults.set_fault_hook(None)
+        server.resume()
+    assert saved == [1, 2]  # the save that timed out in its clean-up counts as done
+    assert Checkpoint.latest(url, **opts) == f"{url}/checkpoint_2.pt"
+    engine.run(list(range(3)), max_epochs=1)  # the next save retries the clean-up
+    assert _names(url, opts) == ["checkpoint_3.pt", "checkpoint_3.pt.manifest.json"]
+
+
+def _big_trainer(url: str, options: dict):
+    model = nn.Linear(1024, 3072, bias=False)  # 12 MiB: a multipart upload in 5 MiB parts
+    engine = Engine(lambda e, b: None)
+    handler = Checkpoint(
+        {"model": model, "trainer": engine}, DiskSaver(url, require_empty=False, **options)
+    )
+    engine.add_event_handler(Events.ITERATION_COMPLETED, handler)
+    return engine
+
+
+def _killed_mid_upload(url: str, options: dict) -> None:
+    os.environ[faults.FAULT_INJECT_ENV] = "before_commit:2"  # parts uploaded, not completed
+    faults.reset_fault_counts()
+    _big_trainer(url, options).run(list(range(3)), max_epochs=1)
+
+
+def _uploads(url: str, options: dict) -> list[str]:
+    st = Storage(url, **options)
+    bucket, _, prefix = st.root.partition("/")
+    listed = st.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+    return [u["Key"].rsplit("/", 1)[-1] for u in listed.get("Uploads", []) or []]
+
+
+@pytest.mark.timeout(120)
+def test_unfinished_multipart_upload_of_a_killed_save_is_aborted_by_the_next(s3_server):
+    url = s3_server.url("multipart")
+    opts = {**s3_server.storage_options, "default_block_size": 5 * 2**20}
+    proc = multiprocessing.get_context("fork").Process(target=_killed_mid_upload, args=(url, opts))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=10)
+    assert proc.exitcode == -9, f"the fault did not fire (exit code {proc.exitcode})"
+    assert _uploads(url, opts) == ["checkpoint_2.pt"]  # billed, invisible in listings
+    assert [n for n in _names(url, opts) if not n.startswith(".")] == [
+        "checkpoint_1.pt",
+        "checkpoint_1.pt.manifest.json",
+    ]
+    engine = _big_trainer(url, opts)
+    latest = Checkpoint.latest(url, **opts)
+    Checkpoint.load_objects({"trainer": engine}, latest, strict=False, **opts)
+    engine.run(list(range(3)), max_epochs=1)
+    assert _uploads(url, opts) == []
+    assert _names(url, opts) == ["checkpoint_3.pt", "checkpoint_3.pt.manifest.json"]
