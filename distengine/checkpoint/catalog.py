@@ -94,7 +94,7 @@ def scan(storage: Storage, cache: dict | None = None) -> Scan:
     files = storage.list_files()
     out = Scan(files)
     seen_keys = set()
-    for name in sorted(n for n in files if n.endswith(MANIFEST_SUFFIX) and not n.startswith(".")):
+    for name in sorted(n for n in files if n.endswith(MANIFEST_SUFFIX)):
         stat = files[name]
         key = (name, stat)
         seen_keys.add(key)

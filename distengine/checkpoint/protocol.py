@@ -69,7 +69,7 @@ class DirectoryTarget:
         ensure_shared(self.writer.storage)  # once per directory: all ranks see it
 
     def rebuild(self, identity: Identity) -> tuple[list[Item], tuple]:
-        owned = self.writer.owned(identity)
+        owned = self.writer.owned(identity, self.ledger.manifest_cache)
         owned.sort(key=lambda m: (rank(m.priority), m.sequence))
         return [Item(m.priority, m.name) for m in owned], tuple((m.name, m.payload) for m in owned)
 
@@ -200,7 +200,7 @@ class CollectiveSave:
             raise _error_class(plan.conflict)(plan.error) from cause
         self.retention_known = True
         kept = [Item(p, f) for p, f in plan.saved]
-        self.stored = dict(plan.stored) if plan.stored else self.stored
+        self.stored = dict(plan.stored)  # the writer's view
         if not plan.save:
             self.saved = kept
             return False

@@ -39,8 +39,8 @@ def ensure_shared(storage: Storage, create: bool = True) -> None:
         probe = f".distengine-shared-{uuid.uuid4().hex}"
         try:
             storage.ensure_dir(create=create)
-            # straight through fsspec: not the checkpoint writer, whose fault points it must not hit
-            storage.fs.pipe_file(storage.path(probe), b"distengine shared-storage probe\n")
+            # not through the checkpoint writer, whose fault points it must not hit
+            storage.write_marker(probe, b"distengine shared-storage probe\n")
         except Exception as e:
             problem = (
                 f"rank 0 cannot write a probe file to {storage.url!r}: {type(e).__name__}: {e}"
@@ -49,7 +49,7 @@ def ensure_shared(storage: Storage, create: bool = True) -> None:
     if problem is not None:
         raise CheckpointError(problem)
     try:
-        seen = storage.fs.exists(storage.path(probe))
+        seen = storage.exists(probe)
     except Exception:
         seen = False
     views = gather_to_all((seen, socket.gethostname()))

@@ -384,10 +384,10 @@ class DirectoryWriter:
         for e in mine:
             self._remove_entry(e.manifest_name, e.manifest)
 
-    def owned(self, identity: Identity) -> list[Manifest]:
+    def owned(self, identity: Identity, cache: dict | None = None) -> list[Manifest]:
         """The checkpoints ``identity`` owns here, one per name (the newest), oldest first."""
         newest: dict[str, Manifest] = {}
-        for e in scan(self.storage).entries:
+        for e in scan(self.storage, cache).entries:
             m = e.manifest
             if identity.owns(m.run_id, m.handler, m.session):
                 newest[m.name] = m  # entries are sorted oldest first

@@ -4,6 +4,7 @@ ranks. The save protocol itself lives in :mod:`distengine.checkpoint.protocol`."
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ class Checkpoint:
         self.to_save = to_save
         self._protocol = CollectiveSave(self.config, target_for(save_handler))
         self._save_handler = save_handler
-        self._hooked: set[int] = set()
+        self._hooked: weakref.WeakSet = weakref.WeakSet()
         for obj in to_save.values():
             if isinstance(obj, Engine) and self.config.score_function is None:  # resume checkpoint
                 obj.register_preemption_saver(self._save_for_preemption)
@@ -248,9 +249,9 @@ class Checkpoint:
 
     def _hook(self, engine: Engine) -> None:
         """Once per engine: registers SAVED_CHECKPOINT and, for async saves, the waits."""
-        if id(engine) in self._hooked:
+        if engine in self._hooked:
             return
-        self._hooked.add(id(engine))
+        self._hooked.add(engine)
         registered = getattr(engine, "has_registered_events", None)
         if registered is None or not registered(CheckpointEvents.SAVED_CHECKPOINT):
             engine.register_events(*CheckpointEvents)

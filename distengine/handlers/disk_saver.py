@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distengine.checkpoint.manifest import MANIFEST_SUFFIX
 from distengine.checkpoint.save_handler import BaseSaveHandler
 from distengine.checkpoint.storage import Storage
 from distengine.checkpoint.writer import (
@@ -50,9 +49,8 @@ class DiskSaver(BaseSaveHandler):
         atomic: on a local disk, write a temporary file and rename it, so a crash never
             leaves a partial file under the final name (object stores are atomic anyway).
         create_dir: create ``dirname`` if it does not exist.
-        require_empty: raise if ``dirname`` already holds checkpoint files (``.pt``
-            payloads or manifests); other files are ignored. Pass ``False`` to resume
-            into an existing directory.
+        require_empty: raise if ``dirname`` already holds ``.pt`` files (as Ignite);
+            other files are ignored. Pass ``False`` to resume into an existing directory.
         io_timeout: seconds after which a stalled storage call fails with
             ``CheckpointTimeoutError`` (default ``DISTENGINE_STORAGE_TIMEOUT`` or 120);
             payload transfers fail after that long without progress.
@@ -98,9 +96,7 @@ class DiskSaver(BaseSaveHandler):
         self._atomic = atomic
         self.storage.ensure_dir(create_dir)
         if require_empty:
-            matched = sorted(
-                n for n in self.storage.list_files() if n.endswith((".pt", MANIFEST_SUFFIX))
-            )
+            matched = sorted(n for n in self.storage.list_files() if n.endswith(".pt"))
             if matched:
                 raise ValueError(
                     f"Files {matched} with extension '.pt' are already present in the directory "

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 import distengine.distributed as idist
-from distengine.checkpoint import CheckpointCollectiveError, CheckpointSaveError, faults
+from distengine.checkpoint import (
+    CheckpointCollectiveError,
+    CheckpointConflictError,
+    CheckpointSaveError,
+    Storage,
+    faults,
+    list_checkpoints,
+)
 from distengine.engine import Engine, Events
 from distengine.handlers.checkpoint import Checkpoint
 from distengine.handlers.disk_saver import DiskSaver
@@ -78,7 +85,7 @@ def _save_load_job(local_rank: int, d: str, out: str) -> None:
     record = {
         "phases": phases[:],
         "saved": [list(i) for i in handler._saved],
-        "last": handler.last_checkpoint,
+        "last": str(handler.last_checkpoint),
     }
 
     # A failing write on the writer raises on every rank; earlier checkpoints stay.
@@ -120,7 +127,8 @@ def test_save_is_collective_writer_only_and_agreed(tmp_path):
     idist.spawn(_save_load_job, 2, backend="gloo", args=(str(d), str(out)))
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     # only save_on_rank=1 reached the writer's phases
-    assert r0["phases"] == [] and r1["phases"] == list(faults.PHASES) * 2
+    # a save under a free name goes through the phases up to before_cleanup (no promotion)
+    assert r0["phases"] == [] and r1["phases"] == list(faults.PHASES[:5]) * 2
     # every rank holds the same view of what was saved and got the same answers
     for key in ("saved", "last", "sync_error", "saved_after_error", "latest", "async_error"):
         assert r0[key] == r1[key], key
@@ -169,3 +177,73 @@ def test_call_on_one_rank_alone_raises_a_clear_error_in_bounded_time(tmp_path, m
     assert "call 'save' on every rank" in result["message"] and "rank 0 of 2" in result["message"]
     assert 2.0 <= result["elapsed"] < 15.0
     assert os.listdir(tmp_path) == ["out"]  # nothing was written
+
+
+def _handlers(d: str, model, engine, writer: int):
+    to_save = {"model": model, "trainer": engine}
+    last = Checkpoint(
+        to_save,
+        DiskSaver(d, require_empty=False),
+        filename_pattern="{name}_last.{ext}",
+        save_on_rank=writer,
+    )
+    every2 = Checkpoint(to_save, DiskSaver(d, require_empty=False), n_saved=2, save_on_rank=writer)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, last)
+    engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), every2)
+    return last, every2
+
+
+def _identity_job(local_rank: int, d: str, resume: bool) -> dict:
+    rank, world = idist.get_rank(), idist.get_world_size()
+    model, engine, _ = _objects(rank)
+    last, every2 = _handlers(d, model, engine, writer=world - 1)
+    if resume:
+        latest = Checkpoint.latest(d)
+        Checkpoint.load_objects({"model": model, "trainer": engine}, latest)
+    else:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda e: e.terminate())
+    engine.run(list(range(4)), max_epochs=2, seed=3)
+    out = {"run_id": engine.state.run_id, "iteration": engine.state.iteration}
+    if resume:
+        # two handlers with identical settings in one directory: the second is stopped
+        twin_a = Checkpoint({"trainer": engine}, DiskSaver(d, require_empty=False), n_saved=None)
+        twin_b = Checkpoint({"trainer": engine}, DiskSaver(d, require_empty=False), n_saved=None)
+        errors = []
+        for step, handler in [(20, twin_a), (21, twin_b), (22, twin_a), (23, twin_b)]:
+            engine.state.iteration = step
+            try:
+                handler(engine)
+            except CheckpointConflictError as e:
+                errors.append((step, type(e).__name__, str(e)))
+        out["twin_errors"] = errors
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_fixed_names_and_retention_follow_the_run_across_world_sizes(tmp_path):
+    """World size 3 saves (a fixed name and every 2 iterations) and stops at iteration 4;
+    the run resumes at world size 2: same run, same retention, no duplicate or stray file."""
+    d = str(tmp_path)
+    first = idist.spawn(_identity_job, 3, backend="gloo", args=(d, False))
+    assert {r["iteration"] for r in first} == {4} and len({r["run_id"] for r in first}) == 1
+    second = idist.spawn(_identity_job, 2, backend="gloo", args=(d, True))
+    assert {r["run_id"] for r in second} == {first[0]["run_id"]}
+    assert {r["iteration"] for r in second} == {8}
+    names = sorted(e.manifest.name for e in list_checkpoints(Storage(d)))
+    assert names == [
+        "checkpoint_6.pt",
+        "checkpoint_8.pt",
+        "checkpoint_last.pt",
+        "trainer_20.pt",
+        "trainer_21.pt",
+        "trainer_22.pt",
+    ]
+    files = sorted(os.listdir(d))
+    assert files == sorted(names + [n + ".manifest.json" for n in names])
+    last = torch.load(os.path.join(d, "checkpoint_last.pt"), weights_only=True)
+    assert last["trainer"]["iteration"] == 8 and last["__distengine__"]["world_size"] == 2
+    # the twin that joined second stopped, with the same error on every rank
+    for r in second:
+        ((step, kind, message),) = r["twin_errors"]
+        assert step == 23 and kind == "CheckpointConflictError"
+        assert d in message and "identical settings" in message
