@@ -155,6 +155,7 @@ class CollectiveSave:
         self._rollback: tuple[list[Item], dict[str, str]] | None = None
         self._pending: SaveResult | None = None
         self._unremoved: list = []  # writer: (manifest, files) whose removal failed
+        self._staging: Any = None  # writer, async: the last copy written in the background
 
     # --- retention state -----------------------------------------------------------------
     def reset(self) -> None:
@@ -240,6 +241,7 @@ class CollectiveSave:
         if self._writer is not None:
             previous = self._writer.wait()
             if previous is not None:
+                self._staging = None  # a timed-out call may still be reading it
                 return SavePlan(
                     f"previous background save failed: {type(previous).__name__}: {previous}",
                     previous_failed=True,
@@ -312,7 +314,9 @@ class CollectiveSave:
             result = self.target.write(plan, payload, retry)
             self._report(result)
             return result.payload
-        copy = snapshot(payload)  # later training steps must not leak into the file
+        # later training steps must not leak into the file; the previous copy's memory is
+        # free again (its write was waited for) and is reused
+        copy = self._staging = snapshot(payload, reuse=self._staging)
         self._writer.submit(lambda: self._background(plan, copy, retry))
         return None
 
@@ -351,6 +355,7 @@ class CollectiveSave:
         if idist.get_rank() == self.config.save_on_rank:
             failed = self._writer.wait()
             if failed is not None:
+                self._staging = None  # a timed-out call may still be reading it
                 error = (
                     f"background save failed on rank {self.config.save_on_rank}: "
                     f"{type(failed).__name__}: {failed}"

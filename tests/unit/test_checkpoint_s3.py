@@ -149,12 +149,13 @@ def test_stalled_store_fails_the_save_in_bounded_time_naming_the_file(s3_server_
     url, opts = server.url("stalled"), server.storage_options
     model = nn.Linear(3, 3)
     engine = Engine(lambda e, b: None)
-    handler = Checkpoint(
-        {"model": model, "trainer": engine},
-        DiskSaver(url, require_empty=False, io_timeout=3, **opts),
-        n_saved=1,
-    )
+    saver = DiskSaver(url, require_empty=False, io_timeout=60, **opts)
+    handler = Checkpoint({"model": model, "trainer": engine}, saver, n_saved=1)
     engine.add_event_handler(Events.ITERATION_COMPLETED, handler)
+
+    @engine.on(Events.ITERATION_STARTED(once=2))
+    def short_timeout(_):  # only for the save that meets the frozen store
+        saver.storage.io_timeout = 3
 
     def freeze_during_second_upload(phase: str) -> None:
         if phase == "payload_partial" and engine.state.iteration == 2:
@@ -183,14 +184,15 @@ def test_timeout_after_the_commit_is_a_warning_not_a_failed_save(s3_server_priva
     server = s3_server_private
     url, opts = server.url("late"), server.storage_options
     engine = Engine(lambda e, b: None)
-    handler = Checkpoint(
-        {"model": nn.Linear(3, 3), "trainer": engine},
-        DiskSaver(url, require_empty=False, io_timeout=2, **opts),
-        n_saved=1,
-    )
+    saver = DiskSaver(url, require_empty=False, io_timeout=60, **opts)
+    handler = Checkpoint({"model": nn.Linear(3, 3), "trainer": engine}, saver, n_saved=1)
     saved = []
     handler.attach(engine, Events.ITERATION_COMPLETED)
     engine.add_event_handler(Checkpoint.SAVED_CHECKPOINT, lambda e: saved.append(e.state.iteration))
+
+    @engine.on(Events.ITERATION_STARTED(once=2))
+    def short_timeout(_):  # only for the save that meets the frozen store
+        saver.storage.io_timeout = 2
 
     def freeze_after_second_commit(phase: str) -> None:
         if phase == "before_cleanup" and engine.state.iteration == 2:
@@ -205,10 +207,11 @@ def test_timeout_after_the_commit_is_a_warning_not_a_failed_save(s3_server_priva
     finally:
         faults.set_fault_hook(None)
         server.resume()
+        saver.storage.io_timeout = 60
     assert saved == [1, 2]  # the save that timed out in its clean-up counts as done
     assert Checkpoint.latest(url, **opts) == f"{url}/checkpoint_2.pt"
-    engine.run(list(range(3)), max_epochs=1)  # the next save retries the clean-up
-    assert _names(url, opts) == ["checkpoint_3.pt", "checkpoint_3.pt.manifest.json"]
+    engine.run(list(range(2)), max_epochs=2)  # the run goes on; its next save tidies up
+    assert _names(url, opts) == ["checkpoint_4.pt", "checkpoint_4.pt.manifest.json"]
 
 
 def _big_trainer(url: str, options: dict):
