@@ -211,9 +211,8 @@ class DirectoryWriter:
         steps += [
             (m, lambda m=m, f=f: self._remove_files(found, m, f)) for m, f in request.leftovers
         ]
-        steps.append(("intent", lambda: st.remove(intent)))
         pending = dict(doomed) | dict(request.leftovers)
-        stalled = False
+        failed = stalled = False
         for what, step in steps:
             if not stalled:
                 try:
@@ -224,9 +223,14 @@ class DirectoryWriter:
                         f"{st.url_of(result.payload)} is saved, but tidying up after it failed: "
                         f"{type(e).__name__}: {e}"
                     )
-                    stalled = isinstance(e, TimeoutError)
+                    failed, stalled = True, isinstance(e, TimeoutError)
             if what in pending:
                 result.unremoved.append((what, pending[what]))
+        if not failed:  # else the intent stays: the next save removes what is left of it
+            try:
+                st.remove(intent)
+            except Exception as e:
+                result.warnings.append(f"could not remove {st.url_of(intent)}: {e}")
 
     def _remove_files(self, found: Scan, manifest_file: str, files: tuple[str, ...]) -> None:
         """Removes an older checkpoint: its manifest, then its files that no other
