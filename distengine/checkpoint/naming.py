@@ -145,7 +145,10 @@ def check_pattern(
     try:
         check_file_name(rendered, "a name rendered from filename_pattern")
     except ValueError as e:
-        raise FilenamePatternError(f"filename_pattern {pattern!r} gives bad names: {e}") from None
+        raise FilenamePatternError(
+            f"filename_pattern {pattern!r} with filename_prefix {filename_prefix!r} and name "
+            f"{name!r} gives bad names: {e}"
+        ) from None
 
 
 def render_filename(

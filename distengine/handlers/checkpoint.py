@@ -137,8 +137,12 @@ class Checkpoint:
             save_on_rank=save_on_rank,
             async_save=async_save,
         )
-        if filename_pattern is not None and len(to_save) > 0:
-            check_pattern(filename_pattern, filename_prefix, self._name(to_save))
+        if len(to_save) > 0:  # the names this handler will use must be plain file names
+            check_pattern(
+                filename_pattern or setup_filename_pattern(bool(filename_prefix)),
+                filename_prefix,
+                self._name(to_save),
+            )
         handshake("create")  # a handler made on one rank only would later hang its peers
         if isinstance(save_handler, (str, os.PathLike)):
             save_handler = DiskSaver(save_handler, create_dir=True)
