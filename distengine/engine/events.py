@@ -115,19 +115,26 @@ class CallableEventWithFilter:
     def __or__(self, other: Any) -> EventsList:
         return EventsList([self]) | other
 
+    # Events compare and hash by their member NAME, as in Ignite: a filtered event equals its
+    # unfiltered member, and ``Events.STARTED == "STARTED"``.
     def __eq__(self, other: Any) -> bool:
         if isinstance(other, CallableEventWithFilter):
-            return self._value_ == other._value_
+            return self._key() == other._key()
         if isinstance(other, str):
-            return self._value_ == other
+            return self._key() == other
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._value_)
+        return hash(self._key())
+
+    def _key(self) -> str:
+        return self._name_ if self._name_ is not None else self._value_
 
     def __repr__(self) -> str:
-        suffix = "" if self.filter is None else " (filtered)"
-        return f"<event {self._name_ or self._value_}{suffix}>"
+        out = f"Events.{self._key()}"
+        if self.filter is not None:
+            out += f"(filter={self.filter})"
+        return out
 
     __str__ = __repr__
 
@@ -175,11 +182,14 @@ class EventEnum(CallableEventWithFilter, Enum):
     def __init__(self, value: str):  # noqa: D107 - Enum calls this with the value
         self._name_ = self._name_  # set by Enum
 
-    def __eq__(self, other: Any) -> bool:  # same rule as the parent: compare values
+    def __eq__(self, other: Any) -> bool:  # same rule as the parent: compare names
         return CallableEventWithFilter.__eq__(self, other)
 
     def __hash__(self) -> int:
-        return hash(self._value_)
+        return CallableEventWithFilter.__hash__(self)
+
+    __repr__ = CallableEventWithFilter.__repr__
+    __str__ = CallableEventWithFilter.__repr__
 
 
 class Events(EventEnum):
@@ -223,8 +233,11 @@ class EventsList:
             self._append(e)
 
     def _append(self, event: Any) -> None:
-        if not isinstance(event, (CallableEventWithFilter, str)):
-            raise TypeError(f"An EventsList holds events, got {type(event).__name__}: {event!r}")
+        if not isinstance(event, CallableEventWithFilter):
+            raise TypeError(
+                f"An EventsList holds events (members of an EventEnum, filtered or not), got "
+                f"{type(event).__name__}: {event!r}"
+            )
         self._events.append(event)
 
     def __or__(self, other: Any) -> EventsList:

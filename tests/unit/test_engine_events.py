@@ -84,9 +84,13 @@ def test_event_order_matches_ignite(make_data, run_kwargs, actions):
 
 def test_exhausted_iterator_warns_and_ends():
     eng = Engine(lambda e, b: b)
-    with pytest.warns(UserWarning, match="cannot provide more batches"):
+    ended = []
+    eng.add_event_handler(Events.TERMINATE, lambda: ended.append("TERMINATE"))
+    eng.add_event_handler(Events.COMPLETED, lambda: ended.append("COMPLETED"))
+    with pytest.warns(UserWarning, match="can not provide data anymore"):
         state = eng.run(iter(range(4)), max_epochs=5)
-    assert state.iteration == 4 and state.epoch_length == 4
+    assert state.iteration == 4 and state.epoch_length == 4 and state.epoch == 2
+    assert ended == ["COMPLETED"]
 
 
 def test_terminate_epoch_on_started_is_an_error():
@@ -262,4 +266,4 @@ def test_state_fields_and_user_attributes():
     assert state.seed == 11 and state.epoch_length == 4 and state.max_epochs == 1
     assert torch.equal(state.output, torch.tensor([30]))
     assert state.times["EPOCH_COMPLETED"] >= 0 and state.times["COMPLETED"] >= 0
-    assert "iteration=4" in repr(state)
+    assert "\titeration: 4\n" in repr(state) and repr(state).startswith("State:")
