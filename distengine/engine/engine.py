@@ -330,6 +330,9 @@ class Engine(EventRegistry):
                 next(self._run_gen)  # returns here only when interrupted
         except StopIteration:
             self._run_gen = None
+        except BaseException:
+            self._run_gen = None  # the loop ended with the exception: a later run() continues
+            raise
         if self.state.preempted:
             raise Preempted(self._preempt_signal, self.state.iteration)
         return self.state
@@ -613,9 +616,12 @@ class Engine(EventRegistry):
                 if max_iters is not None and s.iteration == max_iters:
                     raise _Terminate()
         except _TerminateEpoch:
-            self._fire_event(Events.TERMINATE_SINGLE_EPOCH)
-            dp.abandon_pass()  # the next epoch starts on a new pass
+            # the epoch is over from here on (a state taken now resumes with the next epoch,
+            # on a new data pass); its EPOCH_COMPLETED still follows unless skipped
+            pos.end_epoch()
+            dp.abandon_pass()
             self._dataloader_iter = None
+            self._fire_event(Events.TERMINATE_SINGLE_EPOCH)
         except _Exhausted:
             self._stop &= ~Stop.EXHAUSTED
             return True

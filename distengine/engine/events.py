@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from distengine.engine.signatures import check_signature
+
 if TYPE_CHECKING:
     from distengine.engine.engine import Engine
 
@@ -87,6 +89,7 @@ class CallableEventWithFilter:
         if event_filter is not None:
             if not callable(event_filter):
                 raise TypeError(f"event_filter must be callable, got {type(event_filter).__name__}")
+            check_signature(event_filter, "event_filter", "engine", "event")
             return self._with_filter(event_filter)
         if once is not None:
             values = [once] if isinstance(once, numbers.Integral) else once

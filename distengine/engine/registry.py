@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from distengine.engine.events import (
     EventsList,
     RemovableEventHandle,
 )
+from distengine.engine.signatures import wants_engine
 
 __all__ = ["EventRegistry"]
 
@@ -106,8 +106,8 @@ class EventRegistry:
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         self._assert_allowed_event(event_name)
         event_args: tuple = (Exception(),) if event_name == Events.EXCEPTION_RAISED else ()
-        wants_engine = _wants_engine(handler, self, event_args + args, kwargs)
-        call = _make_call(handler, wants_engine, args, kwargs)
+        wants_engine_ = wants_engine(handler, self, event_args + args, kwargs)
+        call = _make_call(handler, wants_engine_, args, kwargs)
         event_filter = getattr(event_name, "filter", None)
         if event_filter is not None:
             call = self._filtered(call, event_filter, event_name)
@@ -182,26 +182,6 @@ def _same(user: Callable, registered: Callable) -> bool:
         return True
     # bound methods of the same object compare equal above; functools.partial wrappers do not
     return isinstance(registered, functools.partial) and registered.func == user
-
-
-def _wants_engine(handler: Callable, engine: Any, args: tuple, kwargs: dict) -> bool:
-    try:
-        sig = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return True  # builtins without a signature: trust the caller
-    try:
-        sig.bind(engine, *args, **kwargs)
-        return True
-    except TypeError as with_engine:
-        try:
-            sig.bind(*args, **kwargs)
-            return False
-        except TypeError:
-            name = getattr(handler, "__qualname__", repr(handler))
-            raise ValueError(
-                f"Handler {name}{sig} cannot be called with the engine and the arguments "
-                f"given (args={args!r}, kwargs={kwargs!r}): {with_engine}"
-            ) from None
 
 
 def _make_call(handler: Callable, wants_engine: bool, args: tuple, kwargs: dict) -> Callable:

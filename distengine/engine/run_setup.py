@@ -6,15 +6,15 @@ applies what they return to its own state.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from distengine import distributed as idist
+from distengine.engine.signatures import check_signature
 
 __all__ = [
     "agree_on_run",
@@ -22,28 +22,8 @@ __all__ = [
     "check_process_function",
     "check_run_arguments",
     "check_seed",
-    "check_signature",
     "new_run_id",
 ]
-
-
-def check_signature(fn: Callable, description: str, *args: Any) -> None:
-    """Raises ``ValueError`` unless ``fn`` can be called with ``args``.
-
-    Example:
-        >>> check_signature(lambda engine, batch: None, "process_function", "engine", "batch")
-    """
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return  # builtins without a signature: trust the caller
-    try:
-        sig.bind(*args)
-    except TypeError as e:
-        raise ValueError(
-            f"Error adding {fn} '{description}': takes parameters {list(sig.parameters)} but will "
-            f"be called with {list(args)} ({e})"
-        ) from None
 
 
 def check_process_function(process_function: object, sync_check_every: object) -> None:
