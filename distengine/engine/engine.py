@@ -15,7 +15,7 @@ from distengine import distributed as idist
 from distengine.engine.datapass import data_length
 from distengine.engine.events import Events
 from distengine.engine.preemption import Preempted, catch_preemption
-from distengine.engine.progress import RunPosition, check_position_dict
+from distengine.engine.progress import RunPosition, check_limit_reached, check_position_dict
 from distengine.engine.rank_state import RankState
 from distengine.engine.registry import EventRegistry
 from distengine.engine.run_setup import (
@@ -87,7 +87,7 @@ class Engine(EventRegistry):
         self, process_function: Callable[[Engine, Any], Any], *, sync_check_every: int | None = None
     ):
         check_process_function(process_function, sync_check_every)
-        self.state = State()
+        self._state = State()
         super().__init__()
         self._process_function = process_function
         self.sync_check_every = sync_check_every
@@ -101,6 +101,18 @@ class Engine(EventRegistry):
         self._preemption_savers: list[Callable[[Engine], Any]] = []
         self._preempt_signal: int | None = None
         self._preempt_bit = _NONE  # set by the signal handler; only cleared when acted upon
+
+    @property
+    def state(self) -> State:
+        """The run's :class:`State` (Ignite code may replace it: the position follows)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        pos = getattr(self, "_pos", None)
+        if pos is not None:
+            pos.state = state
 
     # --- stop requests -----------------------------------------------------------------------
     def terminate(self, skip_completed: bool = False) -> None:
@@ -360,12 +372,11 @@ class Engine(EventRegistry):
         if self._run_gen is None and pos.terminated and not pos.loaded:
             pos.continue_after_terminate()  # Ignite: the next epoch, on a new data pass
         if s.max_iters is not None:
-            self._raise_limit("max_iters", max_iters, pos.completed_iteration(), "iteration")
+            self._check_and_set_max_iters(max_iters)
             if s.max_epochs is not None and s.epoch_length:  # derived from max_iters (no len)
                 s.max_epochs = math.ceil(s.max_iters / s.epoch_length)
         elif s.max_epochs is not None:
-            done_epochs = s.epoch - (1 if pos.epoch_open else 0)
-            self._raise_limit("max_epochs", max_epochs, done_epochs, "epoch")
+            self._check_and_set_max_epochs(max_epochs)
 
         fresh = s.max_epochs is None and s.max_iters is None
         if not fresh and pos.is_done() and self._run_gen is None:
@@ -390,15 +401,20 @@ class Engine(EventRegistry):
                 pos.data.check_shape(explicit_epoch_length=epoch_length is not None)
         return True
 
-    def _raise_limit(self, name: str, value: int | None, done: int, progress: str) -> None:
-        if value is None:
-            return
-        if value < done:
-            raise ValueError(
-                f"Argument {name}={value} is smaller than the {progress} already reached "
-                f"({done}); set engine.state.{name} = None before run() to start a new run"
+    def _check_and_set_max_epochs(self, max_epochs: int | None) -> None:
+        """Sets ``state.max_epochs`` if given and not below the epochs already done."""
+        if max_epochs is not None:
+            done = self.state.epoch - (1 if self._pos.epoch_open else 0)
+            check_limit_reached("max_epochs", max_epochs, done, "epoch")
+            self.state.max_epochs = max_epochs
+
+    def _check_and_set_max_iters(self, max_iters: int | None) -> None:
+        """Sets ``state.max_iters`` if given and not below the iterations already done."""
+        if max_iters is not None:
+            check_limit_reached(
+                "max_iters", max_iters, self._pos.completed_iteration(), "iteration"
             )
-        setattr(self.state, name, value)
+            self.state.max_iters = max_iters
 
     def _new_run(
         self,
@@ -434,8 +450,8 @@ class Engine(EventRegistry):
         if s.epoch_length is not None:
             if epoch_length is not None and epoch_length != s.epoch_length:
                 raise ValueError(
-                    f"Argument epoch_length must match the state's: given {epoch_length}, "
-                    f"state has {s.epoch_length}"
+                    "Argument epoch_length should be same as in the state, but given "
+                    f"{epoch_length} vs {s.epoch_length}"
                 )
         else:
             if epoch_length is None and data is not None:
@@ -613,8 +629,8 @@ class Engine(EventRegistry):
                     self._stop |= self._preempt_bit
                 if self._stop:
                     yield from self._act()
-                if max_iters is not None and s.iteration == max_iters:
-                    raise _Terminate()
+                if max_iters is not None and s.iteration == max_iters and counter != length:
+                    raise _Terminate()  # at an epoch's end the epoch completes, then the run
         except _TerminateEpoch:
             # the epoch is over from here on (a state taken now resumes with the next epoch,
             # on a new data pass); its EPOCH_COMPLETED still follows unless skipped

@@ -238,8 +238,8 @@ class EventsList:
     def _append(self, event: Any) -> None:
         if not isinstance(event, CallableEventWithFilter):
             raise TypeError(
-                f"An EventsList holds events (members of an EventEnum, filtered or not), got "
-                f"{type(event).__name__}: {event!r}"
+                "Argument event should be Events or CallableEventWithFilter (a member of an "
+                f"EventEnum, filtered or not), got {type(event).__name__}: {event!r}"
             )
         self._events.append(event)
 

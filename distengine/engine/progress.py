@@ -29,7 +29,7 @@ from typing import Any
 from distengine.engine.datapass import DataPass
 from distengine.engine.state import State
 
-__all__ = ["RunPosition", "check_position_dict"]
+__all__ = ["RunPosition", "check_limit_reached", "check_position_dict"]
 
 
 class RunPosition:
@@ -190,68 +190,74 @@ def _int(sd: Mapping[str, Any], key: str, minimum: int, optional: bool = True) -
 def check_position_dict(state_dict: Any, user_keys: list[str]) -> dict[str, Any]:
     """Returns a normalized copy of an engine state dict, or raises a clear error.
 
-    Accepts Ignite's forms (``iteration`` or ``epoch``, ``epoch_length``, ``max_epochs`` or
-    ``max_iters``, the declared user keys) and ours (plus ``seed``, ``run_id``, the data
-    pass, cursor and epoch state). Every key that loading reads is checked.
+    Accepts Ignite's forms (``iteration`` or ``epoch``, ``epoch_length``, exactly one of
+    ``max_epochs``/``max_iters``, the declared user keys) and ours (plus ``seed``, ``run_id``,
+    the data pass, cursor and epoch state). Every key that loading reads is checked; the
+    messages keep Ignite's wording where its users match on it.
 
     Raises:
         TypeError: ``state_dict`` is not a mapping.
         ValueError: a key is missing, has the wrong type or range, or keys contradict.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        raise TypeError(
+            f"Argument state_dict should be a dictionary, but given {type(state_dict).__name__}"
+        )
     sd = dict(state_dict)
+    keys = sorted(map(str, sd))
+    if "epoch_length" not in sd:
+        raise ValueError(
+            f"Required state attribute 'epoch_length' is absent in provided state_dict (keys {keys})"
+        )
     if "iteration" in sd and "epoch" in sd:
         raise ValueError(
-            "state_dict must hold only one of 'iteration' and 'epoch', got both: "
+            "State dictionary should contain only one of 'iteration' or 'epoch' keys, got both: "
             f"iteration={sd['iteration']!r}, epoch={sd['epoch']!r}"
         )
-    required = [("iteration or epoch", ("iteration", "epoch")), ("epoch_length", ("epoch_length",))]
-    required.append(("max_epochs or max_iters", ("max_epochs", "max_iters")))
-    missing = [name for name, keys in required if not any(k in sd for k in keys)]
-    missing += [k for k in user_keys if k not in sd]
-    if missing:
-        raise ValueError(f"state_dict is missing required keys: {missing} (got keys {sorted(sd)})")
+    if "iteration" not in sd and "epoch" not in sd:
+        raise ValueError(
+            "Required state attribute 'iteration' is absent in provided state_dict (give "
+            f"'iteration' or 'epoch'; keys {keys})"
+        )
+    if ("max_epochs" in sd) == ("max_iters" in sd):
+        raise ValueError(
+            "state_dict should contain exactly one of '('max_epochs', 'max_iters')' keys, got "
+            f"keys {keys}"
+        )
+    for k in user_keys:
+        if k not in sd:
+            raise ValueError(
+                f"Required user state attribute '{k}' is absent in provided state_dict (keys {keys})"
+            )
     for key in ("iteration", "epoch"):
         _int(sd, key, 0)
-    if "epoch" in sd:
-        if sd["epoch"] is None:
-            raise ValueError("state_dict['epoch'] must be an integer >= 0, got None")
-        if sd["epoch"] and sd["epoch_length"] is None:
-            raise ValueError(
-                f"state_dict has epoch={sd['epoch']} but epoch_length=None: the iteration cannot be known"
-            )
-        sd["iteration"] = sd.pop("epoch") * (sd["epoch_length"] or 0)
-    if sd["iteration"] is None:
-        raise ValueError("state_dict['iteration'] must be an integer >= 0, got None")
-    _int(sd, "epoch_length", 1)
     length = sd["epoch_length"]
-    if length is None and sd["iteration"]:
+    counter = sd.get("iteration", sd.get("epoch"))
+    if counter is None:
+        raise ValueError("state_dict's iteration/epoch must be an integer >= 0, got None")
+    bad_length = length is not None and (
+        isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1
+    )
+    if bad_length or (length is None and counter):
         raise ValueError(
-            f"state_dict['epoch_length'] must be a positive integer (it is None only in the state "
-            f"of an engine that never ran), got None with iteration={sd['iteration']}"
+            "epoch_length must be a positive integer to calculate missing 'iteration' or 'epoch' "
+            f"key (it is None only in the state of an engine that never ran), got "
+            f"epoch_length={length!r} with {'epoch' if 'epoch' in sd else 'iteration'}={counter}"
         )
+    if "epoch" in sd:
+        sd["iteration"] = sd.pop("epoch") * (length or 0)
     _int(sd, "max_epochs", 1)
     _int(sd, "max_iters", 1)
-    if sd.get("max_epochs") is not None and sd.get("max_iters") is not None:
-        raise ValueError(
-            "state_dict must hold only one of 'max_epochs' and 'max_iters', got "
-            f"max_epochs={sd['max_epochs']!r}, max_iters={sd['max_iters']!r}"
-        )
-    if sd.get("max_iters") is not None and sd["iteration"] > sd["max_iters"]:
-        raise ValueError(
-            f"state_dict's iteration {sd['iteration']} is beyond max_iters={sd['max_iters']}"
-        )
-    for key, minimum in (
-        ("seed", 0),
-        ("data_pass", 0),
-        ("pass_batches", 0),
-        ("cursor", 0),
-        ("world_size", 1),
-        ("data_length", 1),
-        ("global_batch_size", 1),
+    for key in (
+        "seed",
+        "data_pass",
+        "pass_batches",
+        "cursor",
+        "world_size",
+        "data_length",
+        "global_batch_size",
     ):
-        _int(sd, key, minimum)
+        _int(sd, key, 1 if key in ("world_size", "data_length", "global_batch_size") else 0)
     run_id = sd.get("run_id")
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise ValueError(f"state_dict['run_id'] must be a non-empty str or None, got {run_id!r}")
@@ -261,12 +267,23 @@ def check_position_dict(state_dict: Any, user_keys: list[str]) -> dict[str, Any]
         epoch = sd["epoch_state"]["epoch"] - (1 if sd["epoch_state"]["in_progress"] else 0)
     else:
         epoch = sd["iteration"] // length if length else 0
-    if sd.get("max_epochs") is not None and epoch > sd["max_epochs"]:
-        raise ValueError(
-            f"state_dict's epoch {epoch} (completed epochs at iteration {sd['iteration']}) is "
-            f"beyond max_epochs={sd['max_epochs']}"
-        )
+    check_limit_reached("max_epochs", sd.get("max_epochs"), epoch, "epoch")
+    check_limit_reached("max_iters", sd.get("max_iters"), sd["iteration"], "iteration")
     return sd
+
+
+def check_limit_reached(name: str, value: int | None, done: int, progress: str) -> None:
+    """Raises unless ``value`` (``max_epochs``/``max_iters``) is at least the ``done`` count.
+
+    Raises:
+        ValueError: with Ignite's wording, saying how to start a new run instead.
+    """
+    if value is not None and value < done:
+        raise ValueError(
+            f"Argument {name} should be greater than or equal to the start {progress} defined "
+            f"in the state: {value} vs {done}. Please, set engine.state.{name} = None before "
+            "calling engine.run() in order to restart the training from the beginning."
+        )
 
 
 def _check_epoch_state(progress: Any, length: int | None) -> dict[str, Any]:

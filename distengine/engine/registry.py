@@ -73,8 +73,8 @@ class EventRegistry:
     def _assert_allowed_event(self, event_name: Any) -> None:
         if event_name not in self._allowed_events:
             raise ValueError(
-                f"Event {event_name!r} is not a known event: use one of Events or register it "
-                "with register_events() first"
+                f"Event {event_name!r} is not a valid event for this Engine: use one of Events or "
+                "register it with register_events() first"
             )
 
     def add_event_handler(
@@ -153,8 +153,12 @@ class EventRegistry:
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         """Detaches ``handler`` from ``event_name`` (``ValueError`` if it is not attached)."""
         lst = self._event_handlers.get(event_name)
-        if not lst or not any(_same(handler, h) for _, h, _ in lst):
-            raise ValueError(f"Handler {handler!r} is not attached to event {event_name!r}")
+        if not lst:
+            raise ValueError(f"Input event name {event_name!r} has no handler attached")
+        if not any(_same(handler, h) for _, h, _ in lst):
+            raise ValueError(
+                f"Input handler {handler!r} is not found among the handlers of {event_name!r}"
+            )
         # Mutate in place: the run loop holds references to these lists.
         lst[:] = [entry for entry in lst if not _same(handler, entry[1])]
 

@@ -85,8 +85,9 @@ class State:
         """The counter (``iteration`` or ``epoch``) an event's filters are evaluated on."""
         attr = self.event_to_attr.get(event_name)
         if attr is None:
-            raise ValueError(
-                f"Event {event_name!r} has no counter: register it with event_to_attr to filter it"
+            raise RuntimeError(
+                f"Unknown event name {event_name!r}: it has no counter (register it with "
+                "event_to_attr to filter it)"
             )
         return getattr(self, attr)
 

@@ -182,7 +182,7 @@ def test_handle_as_context_manager_and_removal():
         eng.run([1, 2])
     assert not eng.has_event_handler(on_iter)
     assert calls == [1, 2]
-    with pytest.raises(ValueError, match="not attached"):
+    with pytest.raises(ValueError, match="has no handler attached|is not found among"):
         eng.remove_event_handler(on_iter, Events.ITERATION_COMPLETED)
 
 
@@ -215,7 +215,7 @@ def test_on_decorator_args_kwargs():
 
 def test_unknown_event_rejected():
     eng = Engine(lambda e, b: b)
-    with pytest.raises(ValueError, match="not a known event"):
+    with pytest.raises(ValueError, match="not a valid event"):
         eng.add_event_handler("nope", lambda: None)
 
 

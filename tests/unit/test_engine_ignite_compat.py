@@ -12,7 +12,9 @@ def test_events_print_and_compare_by_name():
     assert Events.ITERATION_COMPLETED(every=3) == "ITERATION_COMPLETED"
     assert Events.ITERATION_COMPLETED(every=3) == Events.ITERATION_COMPLETED
     assert "filter=" in str(Events.ITERATION_COMPLETED(every=3))
-    with pytest.raises(TypeError, match="EventsList holds events"):
+    with pytest.raises(
+        TypeError, match="Argument event should be Events or CallableEventWithFilter"
+    ):
         Events.STARTED | "abc"
 
 

@@ -177,10 +177,10 @@ def test_state_dict_keys_and_cursor():
 @pytest.mark.parametrize(
     "bad,exc,match",
     [
-        ([1, 2], TypeError, "mapping"),
-        ({"iteration": 1, "max_epochs": 2}, ValueError, "missing"),
-        ({"iteration": 1, "epoch_length": 4}, ValueError, "missing"),
-        ({"iteration": 30, "epoch_length": 4, "max_epochs": 2}, ValueError, "beyond max_epochs"),
+        ([1, 2], TypeError, "should be a dictionary"),
+        ({"iteration": 1, "max_epochs": 2}, ValueError, "'epoch_length' is absent"),
+        ({"iteration": 1, "epoch_length": 4}, ValueError, "exactly one of"),
+        ({"iteration": 30, "epoch_length": 4, "max_epochs": 2}, ValueError, "start epoch"),
         ({"iteration": 1, "epoch": 1, "epoch_length": 4, "max_epochs": 2}, ValueError, "only one"),
         ({"iteration": 1, "epoch_length": None, "max_epochs": 2}, ValueError, "positive"),
         ({"iteration": 1, "epoch_length": 0, "max_epochs": 2}, ValueError, "positive"),
@@ -195,7 +195,7 @@ def test_load_state_dict_rejects_bad_input(bad, exc, match):
 def test_different_epoch_length_on_run_rejected():
     eng = Engine(lambda e, b: b)
     eng.load_state_dict({"iteration": 3, "epoch_length": 4, "max_epochs": 2})
-    with pytest.raises(ValueError, match="epoch_length must match"):
+    with pytest.raises(ValueError, match="epoch_length should be same as in the state"):
         eng.run(range(4), epoch_length=5)
 
 

@@ -38,7 +38,7 @@ def test_rerun_finished_run_restarts():
 def test_errors_for_invalid_continuations():
     eng = Engine(lambda e, b: b)
     eng.run(range(3), max_epochs=3)
-    with pytest.raises(ValueError, match="smaller than the epoch"):
+    with pytest.raises(ValueError, match="greater than or equal to the start epoch"):
         eng.run(range(3), max_epochs=2)
     with pytest.raises(ValueError, match="max_epochs to max_iters"):
         eng.run(range(3), max_iters=20)
