@@ -20,7 +20,8 @@ def find_resumable_sampler(data: Any) -> Any | None:
         candidates += [getattr(batch_sampler, "sampler", None), batch_sampler]
     candidates.append(getattr(data, "sampler", None))
     for c in candidates:
-        if c is not None and hasattr(c, "set_start") and hasattr(c, "global_batch_size"):
+        gbs = getattr(c, "global_batch_size", None)
+        if isinstance(gbs, int) and callable(getattr(c, "set_start", None)):
             return c
     return None
 
@@ -31,6 +32,18 @@ def data_length(data: Any) -> int | None:
         return len(data) if hasattr(data, "__len__") else None
     except TypeError:  # e.g. a DataLoader over an IterableDataset
         return None
+
+
+def _after_first(it: Iterator, after: Callable[[], None]) -> Iterator:
+    """``it``, calling ``after()`` once its first item has been fetched (or it ended)."""
+    try:
+        first = next(it)
+    except StopIteration:
+        after()
+        return
+    after()
+    yield first
+    yield from it
 
 
 def _epoch_setter(data: Any) -> Any | None:
@@ -63,6 +76,7 @@ class DataPass:
         self._pending: tuple[int, int | None] | None = None
         self._saved_shape: tuple[int | None, int | None] = (None, None)
         self._abandoned = False
+        self._from_iteration: int | None = None  # Ignite's form: place it once data is known
 
     def bind(self, data: Any) -> None:
         self.data = data
@@ -106,13 +120,21 @@ class DataPass:
         cursor: int | None,
         length: int | None = None,
         global_batch_size: int | None = None,
+        from_iteration: int | None = None,
     ) -> None:
-        """Positions the next :meth:`start` at a saved place (applied once)."""
+        """Positions the next :meth:`start` at a saved place (applied once).
+
+        ``from_iteration``: the state had only Ignite's counters; the pass and the batch in
+        it are then derived, as Ignite does, from the iteration and the length of the data
+        given to ``run`` (``divmod(iteration, len(data))``; data without a length is taken
+        as one endless pass).
+        """
         self.index = data_pass
         self.batches = pass_batches
         self._pending = (pass_batches, cursor)
         self._saved_shape = (length, global_batch_size)
         self._abandoned = False
+        self._from_iteration = from_iteration
 
     def check_shape(self, explicit_epoch_length: bool) -> None:
         """Refuses a loaded position over data of another length or global batch.
@@ -143,6 +165,7 @@ class DataPass:
     def reset(self) -> None:
         self.index, self.batches, self._pending, self._abandoned = 0, 0, None, False
         self._saved_shape = (None, None)
+        self._from_iteration = None
 
     def abandon_pass(self) -> None:
         """The rest of the current pass is skipped: the next :meth:`start` begins a new pass."""
@@ -161,11 +184,20 @@ class DataPass:
 
         ``pass_hook(data, data_pass, skip_batches)``, if given, runs just before the
         iterator is created; it returns ``(after, skipped)``: ``after()`` (or ``None``) runs
-        once the iterator is positioned, and ``skipped`` says that the hook already made the
-        data start at ``skip_batches`` (so nothing is fetched to get there).
+        once the first batch of the iterator has been fetched (samplers draw their order
+        lazily, at the first fetch), and ``skipped`` says that the hook already made the data
+        start at ``skip_batches`` (so nothing is fetched to get there).
         """
         if self._abandoned:
             new_pass, self._abandoned = True, False
+        if self._from_iteration is not None:
+            if not new_pass:
+                if self.length:
+                    self.index, in_pass = divmod(self._from_iteration, self.length)
+                else:  # as Ignite: one pass from the start (an endless iterator)
+                    self.index, in_pass = 0, self._from_iteration
+                self._pending = (in_pass, None)
+            self._from_iteration = None
         if new_pass:
             self.index += 1
             self.batches = 0
@@ -179,11 +211,8 @@ class DataPass:
         after, skipped = (None, False)
         if pass_hook is not None:
             after, skipped = pass_hook(data, self.index, skip_batches)
-        try:
-            return self._position(data, seed, skip_batches, cursor, new_pass, skipped)
-        finally:
-            if after is not None:
-                after()
+        it = self._position(data, seed, skip_batches, cursor, new_pass, skipped)
+        return it if after is None else _after_first(it, after)
 
     def _position(
         self,

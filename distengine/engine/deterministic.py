@@ -119,7 +119,7 @@ class ReproducibleBatchSampler(BatchSampler):
     def __init__(self, batch_sampler: BatchSampler, start_iteration: int | None = None):
         if not isinstance(batch_sampler, BatchSampler):
             raise TypeError(
-                "Argument batch_sampler should be a torch.utils.data.BatchSampler, got "
+                "Argument batch_sampler should be torch.utils.data.sampler.BatchSampler, got "
                 f"{type(batch_sampler).__name__}"
             )
         self.batch_sampler = batch_sampler
@@ -135,8 +135,10 @@ class ReproducibleBatchSampler(BatchSampler):
             self.start_iteration = None
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator, like BatchSampler's: the wrapped sampler draws its order on the first
+        # next(), after the DataLoader drew its worker seeds (the same order of RNG draws)
         self.setup_batch_indices()
-        return iter(self.batch_indices)
+        yield from self.batch_indices
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -150,7 +152,9 @@ class DeterministicEngine(Engine):
     ``(state.seed, pass)``; a plain ``DataLoader`` is given a
     :class:`ReproducibleBatchSampler` so that a resume mid-pass starts at the saved batch
     without fetching the ones before it; when resuming mid-pass the RNG states the engine
-    restored are kept (so the model's random stream continues where it stopped). At
+    restored are kept (so the model's random stream continues where it stopped; data
+    without a length is fast-forwarded from the pass seed and keeps that stream, as in
+    Ignite). At
     ``STARTED``, when CUDA is available, it asks torch for deterministic algorithms
     (``warn_only``) and turns off cuDNN's benchmark mode.
 
@@ -175,7 +179,10 @@ class DeterministicEngine(Engine):
         self, data: Any, data_pass: int, skip_batches: int
     ) -> tuple[Callable[[], None] | None, bool]:
         restore = None
-        if skip_batches:  # resuming mid-pass: keep the restored random stream
+        sized = hasattr(data, "__len__")
+        if skip_batches and sized and self._rng_restored:
+            # resuming mid-pass from saved RNG states: the pass is re-created from its seed,
+            # then the model's random stream continues where it was saved
             states = _get_rng_states()
 
             def restore() -> None:
@@ -190,7 +197,10 @@ class DeterministicEngine(Engine):
 
     def run(self, data: Any = None, *args: Any, **kwargs: Any) -> Any:
         if data is None and self.state.dataloader is None:
-            raise ValueError("DeterministicEngine needs data to make reproducible: got data=None")
+            raise ValueError(
+                "Deterministic engine does not support the option of data=None: give the data "
+                "to make reproducible"
+            )
         if isinstance(data, DataLoader) and _patchable(data):
             data = update_dataloader(data, ReproducibleBatchSampler(data.batch_sampler))
         return super().run(data, *args, **kwargs)
@@ -200,10 +210,10 @@ def _patchable(loader: DataLoader) -> bool:
     bs = loader.batch_sampler
     if bs is None or isinstance(bs, ReproducibleBatchSampler):
         return False
-    if hasattr(loader.sampler, "set_start"):  # positioned by the engine already
+    if hasattr(getattr(loader, "sampler", None), "set_start"):  # the engine positions it
         return False
     return isinstance(bs, BatchSampler) and not isinstance(
-        loader.dataset, torch.utils.data.IterableDataset
+        getattr(loader, "dataset", None), torch.utils.data.IterableDataset
     )
 
 

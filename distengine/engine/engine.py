@@ -97,10 +97,11 @@ class Engine(EventRegistry):
         self._rank_state = RankState()
         self._pos = RunPosition(self.state)
         self._dataloader_iter: Any = None
-        self._run_gen: Generator | None = None
+        self._internal_run_generator: Generator | None = None
         self._preemption_savers: list[Callable[[Engine], Any]] = []
         self._preempt_signal: int | None = None
         self._preempt_bit = _NONE  # set by the signal handler; only cleared when acted upon
+        self._rng_restored = False  # this run started from loaded RNG states
 
     @property
     def state(self) -> State:
@@ -265,7 +266,7 @@ class Engine(EventRegistry):
         if "rank_state" in sd and sd.get("world_size", 1) == idist.get_world_size():
             self.load_rank_state_dict(sd["rank_state"])
         self._stop = _NONE
-        self._run_gen = None
+        self._internal_run_generator = None
         self._dataloader_iter = None
 
     # --- data ----------------------------------------------------------------------------------
@@ -335,15 +336,17 @@ class Engine(EventRegistry):
         check_run_arguments(data, max_epochs, epoch_length, max_iters, seed)
         if not self._prepare(data, max_epochs, epoch_length, max_iters, seed):
             return self.state
-        if self._run_gen is None:
-            self._run_gen = self._loop()
+        if self._internal_run_generator is None:
+            self._internal_run_generator = self._loop()
         try:
             with catch_preemption(self._on_preempt_signal):
-                next(self._run_gen)  # returns here only when interrupted
+                next(self._internal_run_generator)  # returns here only when interrupted
         except StopIteration:
-            self._run_gen = None
+            self._internal_run_generator = None
         except BaseException:
-            self._run_gen = None  # the loop ended with the exception: a later run() continues
+            self._internal_run_generator = (
+                None  # the loop ended with the exception: a later run() continues
+            )
             raise
         if self.state.preempted:
             raise Preempted(self._preempt_signal, self.state.iteration)
@@ -361,15 +364,15 @@ class Engine(EventRegistry):
         s, pos = self.state, self._pos
         if max_iters is not None and s.max_epochs is not None and s.max_iters is None:
             raise ValueError(
-                "To switch from max_epochs to max_iters when continuing a run, set "
-                "engine.state.max_epochs = None before run()"
+                "To switch from max_epochs to max_iters mode during resume, you must first reset "
+                "by setting 'engine.state.max_epochs = None' before calling run()."
             )
         if max_epochs is not None and s.max_iters is not None:
             raise ValueError(
-                "To switch from max_iters to max_epochs when continuing a run, set "
-                "engine.state.max_epochs = None before run()"
+                "To switch from max_iters to max_epochs mode during resume, you must first reset "
+                "by setting 'engine.state.max_iters = None' before calling run()."
             )
-        if self._run_gen is None and pos.terminated and not pos.loaded:
+        if self._internal_run_generator is None and pos.terminated and not pos.loaded:
             pos.continue_after_terminate()  # Ignite: the next epoch, on a new data pass
         if s.max_iters is not None:
             self._check_and_set_max_iters(max_iters)
@@ -379,7 +382,7 @@ class Engine(EventRegistry):
             self._check_and_set_max_epochs(max_epochs)
 
         fresh = s.max_epochs is None and s.max_iters is None
-        if not fresh and pos.is_done() and self._run_gen is None:
+        if not fresh and pos.is_done() and self._internal_run_generator is None:
             if pos.loaded:
                 warnings.warn(
                     f"The loaded state is a finished run (iteration {s.iteration}, epoch "
@@ -426,13 +429,15 @@ class Engine(EventRegistry):
     ) -> None:
         s = self.state
         if data is None and epoch_length is None and s.epoch_length is None:
-            raise ValueError("epoch_length must be given when data is None")
+            raise ValueError("epoch_length should be provided if data is None")
         if epoch_length is None:
             epoch_length = self._pos.data.length if data is None else data_length(data)
             if epoch_length is None and data is None:
                 epoch_length = s.epoch_length
         if epoch_length is not None and epoch_length < 1:
-            raise ValueError(f"The data is empty: expected at least one batch, got {epoch_length}")
+            raise ValueError(
+                f"Input data has zero size. Please provide non-empty data (got {epoch_length} batches)"
+            )
         if max_iters is None and max_epochs is None:
             max_epochs = 1
         self._pos.restart()
@@ -440,7 +445,7 @@ class Engine(EventRegistry):
         s.max_iters = max_iters
         s.epoch_length = epoch_length
         s.seed, s.run_id = agree_on_run(seed, epoch_length)
-        self._run_gen = None
+        self._internal_run_generator = None
         self._dataloader_iter = None
 
     def _continue_run(
@@ -459,7 +464,7 @@ class Engine(EventRegistry):
             if epoch_length is not None:
                 s.epoch_length = epoch_length
         if s.epoch_length is None and data is None:
-            raise ValueError("epoch_length must be given when data is None")
+            raise ValueError("epoch_length should be provided if data is None")
         if seed is not None and s.seed is not None and seed != s.seed:
             raise ValueError(
                 f"This run continues a run with seed {s.seed}: got seed={seed}. The saved seed "
@@ -469,7 +474,7 @@ class Engine(EventRegistry):
             agreed, run_id = agree_on_run(seed if s.seed is None else s.seed, s.epoch_length)
             s.seed = agreed
             s.run_id = s.run_id or run_id
-        if self._run_gen is None:
+        if self._internal_run_generator is None:
             self._pos.reenter_open_epoch()  # after an exception or a preemption
 
     # --- the loop ----------------------------------------------------------------------------
@@ -481,7 +486,7 @@ class Engine(EventRegistry):
         pos.loaded = pos.terminated = False
         s.times[Events.EPOCH_COMPLETED.name] = 0.0
         s.times[Events.COMPLETED.name] = 0.0
-        self._rank_state.apply_rng()
+        self._rng_restored = self._rank_state.apply_rng()
         start_time = time.time()
         try:
             try:
@@ -697,8 +702,20 @@ class Engine(EventRegistry):
             ("epoch", "iteration", "data pass", "batch index digest"),
         )
 
-    def _is_done(self) -> bool:
-        return self._pos.is_done()
+    @staticmethod
+    def _is_done(state: State) -> bool:
+        """Ignite's rule on counters alone (``max_iters`` or ``max_epochs`` reached); the run
+        loop asks the run position instead, which also knows about an open epoch."""
+        if state.max_iters is not None and state.iteration >= state.max_iters:
+            return True
+        if state.max_epochs is None:
+            return False
+        if (
+            state.epoch_length is not None
+            and state.iteration >= state.epoch_length * state.max_epochs
+        ):
+            return True
+        return state.epoch >= state.max_epochs
 
     def _handle_exception(self, e: Exception, multi: bool) -> None:
         if multi:

@@ -34,7 +34,8 @@ EventFilter = Callable[[Any, int], bool]
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"Argument {name} must be an integer >= {low}, got {value!r}")
+        bound = "greater or equal to zero" if allow_zero else "greater than zero"
+        raise ValueError(f"Argument {name} should be integer and {bound}, got {value!r}")
 
 
 class CallableEventWithFilter:
@@ -82,23 +83,31 @@ class CallableEventWithFilter:
         kinds.append(every is not None or before is not None or after is not None)
         if sum(kinds) != 1:
             raise ValueError(
-                "Give exactly one of event_filter, once, or every/before/after "
-                f"(got event_filter={event_filter!r}, every={every!r}, once={once!r}, "
+                "Only one of the input arguments should be specified, except before, after and "
+                f"every (got event_filter={event_filter!r}, every={every!r}, once={once!r}, "
                 f"before={before!r}, after={after!r})"
             )
         if event_filter is not None:
             if not callable(event_filter):
-                raise TypeError(f"event_filter must be callable, got {type(event_filter).__name__}")
+                raise TypeError(
+                    f"Argument event_filter should be a callable, got {type(event_filter).__name__}"
+                )
             check_signature(event_filter, "event_filter", "engine", "event")
             return self._with_filter(event_filter)
         if once is not None:
             values = [once] if isinstance(once, numbers.Integral) else once
-            if not isinstance(values, Sequence) or not values:
-                raise ValueError(
-                    f"Argument once must be a positive integer or a non-empty list, got {once!r}"
+            if (
+                not isinstance(values, Sequence)
+                or not values
+                or any(
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+                    for v in values
                 )
-            for v in values:
-                _positive_int("once", v)
+            ):
+                raise ValueError(
+                    "Argument once should either be a positive integer or a list of positive "
+                    f"integers, got {once!r}"
+                )
             return self._with_filter(_once_filter(frozenset(int(v) for v in values)))
         if every is not None:
             _positive_int("every", every)

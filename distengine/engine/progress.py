@@ -172,6 +172,7 @@ class RunPosition:
             sd.get("cursor"),
             length=sd.get("data_length"),
             global_batch_size=sd.get("global_batch_size"),
+            from_iteration=s.iteration if data_pass is None else None,
         )
         self.loaded = True
         self.terminated = False

@@ -50,10 +50,11 @@ class EventRegistry:
         """
         if event_to_attr is not None and not isinstance(event_to_attr, dict):
             raise ValueError(f"event_to_attr must be a dict, got {type(event_to_attr).__name__}")
-        for name in event_names:
+        for i, name in enumerate(event_names):
             if not isinstance(name, (str, EventEnum)):
                 raise TypeError(
-                    f"Events must be strings or EventEnum members, got {type(name).__name__}"
+                    f"Value at {i} of event_names should be a str or EventEnum, but given "
+                    f"{type(name).__name__}: {name!r}"
                 )
             self._allowed_events.append(name)
             if event_to_attr and name in event_to_attr:

@@ -80,15 +80,15 @@ def check_run_arguments(
 ) -> None:
     """Everything ``run`` can check without the engine's state."""
     if data is not None and not isinstance(data, Iterable):
-        raise TypeError(f"Argument data must be iterable, got {type(data).__name__}")
+        raise TypeError(f"Argument data should be iterable, got {type(data).__name__}")
     check_limit("max_epochs", max_epochs)
     check_limit("epoch_length", epoch_length)
     check_limit("max_iters", max_iters)
     check_seed(seed)
     if max_epochs is not None and max_iters is not None:
         raise ValueError(
-            "Arguments max_iters and max_epochs are mutually exclusive: give only one, got "
-            f"max_epochs={max_epochs}, max_iters={max_iters}"
+            "Arguments max_iters and max_epochs are mutually exclusive. Please provide only "
+            f"max_epochs or max_iters. Got max_epochs={max_epochs}, max_iters={max_iters}"
         )
 
 

@@ -44,7 +44,7 @@ def test_errors_for_invalid_continuations():
         eng.run(range(3), max_iters=20)
     with pytest.raises(ValueError, match="mutually exclusive"):
         Engine(lambda e, b: b).run(range(3), max_epochs=2, max_iters=3)
-    with pytest.raises(ValueError, match="epoch_length must be given"):
+    with pytest.raises(ValueError, match="epoch_length should be provided if data is None"):
         Engine(lambda e, b: b).run(None, max_epochs=2)
     with pytest.raises(ValueError, match="empty"):
         Engine(lambda e, b: b).run([], max_epochs=2)
