@@ -278,7 +278,8 @@ class Checkpoint:
         states = {
             k: local_state_dict(obj)
             for k, obj in self.to_save.items()
-            if hasattr(obj, "state_dict")
+            # a metric's state_dict is a collective (Ignite's): its rank state is saved instead
+            if hasattr(obj, "state_dict") and not getattr(obj, "_state_dict_is_collective", False)
         }
         rank_states = {k: [entry[k] for entry in per_rank] for k in rank_keys}
         extra = (

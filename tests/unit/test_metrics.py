@@ -222,10 +222,13 @@ def test_running_average_rejects_bad_arguments(kwargs, error, match):
 
 # --- declared state, per-rank state ------------------------------------------------------
 def test_custom_metric_must_declare_known_ops():
-    with pytest.raises(ValueError, match=r"one of \['max', 'min', 'sum'\], got '_x': 'mean'"):
+    with pytest.raises(
+        ValueError,
+        match=r"one of \['cat', 'max', 'mean', 'min', 'prod', 'sum'\], got '_x': 'median'",
+    ):
 
         class Bad(Metric):  # noqa: F841 - the class statement itself raises
-            _reductions = {"_x": "mean"}
+            _reductions = {"_x": "median"}
 
 
 def test_compute_at_world_size_one_makes_no_collective(monkeypatch):
