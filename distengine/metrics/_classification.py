@@ -13,17 +13,17 @@ The input kinds are Ignite's:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from distengine.metrics.metric import Metric
 
-__all__ = ["ClassificationMetric", "InputKindChanged", "check_pair"]
+__all__ = ["ClassificationMetric", "InputKindError", "check_pair"]
 
 
-class InputKindChanged(ValueError, RuntimeError):
-    """An update's input kind (binary / multiclass / multilabel) differs from the earlier ones.
+class InputKindError(ValueError, RuntimeError):
+    """The input is of no known kind, or of another kind than the earlier updates.
 
     A ``ValueError`` (bad input); also a ``RuntimeError``, which Ignite raises here.
     """
@@ -52,7 +52,7 @@ class ClassificationMetric(Metric):
     set by the first update after a reset; a later update of another kind raises.
     """
 
-    _extra_rank_state: ClassVar[tuple[str, ...]] = ("_type", "_num_classes")
+    # The kind seen (_type, _num_classes) is not saved: the next update finds it again.
 
     def __init__(
         self,
@@ -87,7 +87,7 @@ class ClassificationMetric(Metric):
             pred_shape = pred_shape[:1] + pred_shape[2:]
         if tuple(y.shape) != pred_shape:
             raise ValueError(
-                f"y and y_pred have incompatible shapes: y {tuple(y.shape)}, "
+                f"y and y_pred must have compatible shapes, got y {tuple(y.shape)} and "
                 f"y_pred {tuple(y_pred.shape)}"
             )
         if self._is_multilabel and not (y.shape == y_pred.shape and y.ndim > 1 and y.shape[1] > 1):
@@ -120,7 +120,7 @@ class ClassificationMetric(Metric):
             kind = "multilabel" if self._is_multilabel else "binary"
             num_classes = y_pred.shape[1] if self._is_multilabel else 1
         else:
-            raise ValueError(
+            raise InputKindError(
                 f"y of shape {tuple(y.shape)} and y_pred of shape {tuple(y_pred.shape)} are "
                 "neither binary, multiclass nor multilabel inputs"
             )
@@ -128,7 +128,7 @@ class ClassificationMetric(Metric):
             self._type, self._num_classes = kind, num_classes
             return
         if self._type != kind:
-            raise InputKindChanged(
+            raise InputKindError(
                 f"Input type changed from {self._type} to {kind} since the last reset"
             )
         if self._num_classes != num_classes:

@@ -12,7 +12,30 @@ from typing import Any
 
 import torch
 
-__all__ = ["select_required", "drop_padding", "unrolled_pairs", "write_result", "detached_copy"]
+__all__ = [
+    "SampleTransform",
+    "select_required",
+    "drop_padding",
+    "unrolled_pairs",
+    "write_result",
+    "detached_copy",
+]
+
+
+class SampleTransform:
+    """An output transform in two steps, with padded rows dropped in between.
+
+    ``before`` maps the engine output to per-sample tensors (one row per sample); ``after``
+    may then change the rows (flatten sequences, mask tokens), after which a row is no
+    longer a sample, so padding cannot be dropped there any more.
+    """
+
+    def __init__(self, before: Any, after: Any) -> None:
+        self.before = before
+        self.after = after
+
+    def __call__(self, output: Any) -> Any:
+        return self.after(self.before(output))
 
 
 def select_required(output: Any, metric: Any) -> Any:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from distengine.metrics._classification import ClassificationMetric, check_pair
+from distengine.metrics._output import SampleTransform
 from distengine.metrics.metric import NotComputableError
 
 __all__ = ["Accuracy"]
@@ -59,6 +60,51 @@ class Accuracy(ClassificationMetric):
         self._num_correct = torch.tensor(0, dtype=torch.int64, device=self._device)
         self._num_examples = 0
         super().reset()
+
+    @staticmethod
+    def get_sequence_transform(
+        ignore_index: int | Iterable[int] | None = None,
+        output_transform: Callable[[Any], Any] = lambda x: x,
+    ) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
+        """An ``output_transform`` for sequence outputs: token-level accuracy.
+
+        ``output_transform`` gives ``(y_pred, y)`` of shapes ``(N, S, C)`` and ``(N, S)``;
+        the result is ``(N*S, C)`` and ``(N*S,)`` with the positions whose target is
+        ``ignore_index`` (an int or several) left out. Padded samples (rows of ``N``) are
+        dropped before the flattening.
+
+        Example:
+            >>> acc = Accuracy(output_transform=Accuracy.get_sequence_transform(ignore_index=-100))
+        """
+        ignored = (
+            None
+            if ignore_index is None
+            else list(ignore_index)
+            if isinstance(ignore_index, Iterable)
+            else [ignore_index]
+        )
+
+        def flatten(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            y_pred, y = check_pair(output, "Accuracy.get_sequence_transform")
+            if y_pred.ndim != 3 or y.ndim != 2:
+                raise ValueError(
+                    "Expected y_pred to be 3D (N, S, C) and y to be 2D (N, S), got "
+                    f"y_pred of shape {tuple(y_pred.shape)} and y of shape {tuple(y.shape)}"
+                )
+            if y_pred.shape[:2] != y.shape:
+                raise ValueError(
+                    f"y_pred and y have incompatible shapes: the first two dimensions of "
+                    f"y_pred {tuple(y_pred.shape)} must be those of y {tuple(y.shape)}"
+                )
+            y_pred, y = y_pred.reshape(-1, y_pred.shape[-1]), y.reshape(-1)
+            if ignored is not None:
+                keep = torch.ones_like(y, dtype=torch.bool)
+                for value in ignored:
+                    keep &= y != value
+                y_pred, y = y_pred[keep], y[keep]
+            return y_pred, y
+
+        return SampleTransform(output_transform, flatten)
 
     def update(self, output: Sequence[torch.Tensor]) -> None:
         y_pred, y = check_pair(output, type(self).__name__)

@@ -132,10 +132,14 @@ class MetricsReducer:
         self._engine = engine
         self._entries: list[_Entry] = []
         self._handlers: dict[Any, Any] = {}
+        # metrics used by an entry (a lambda's part, a src) that were detached on their own:
+        # no longer updated, and the entries using them no longer count as attached (Ignite)
+        self._detached: set[int] = set()
 
     # --- membership -------------------------------------------------------------------
     def add(self, metric: Metric, name: str, usage: MetricUsage) -> None:
         plan = _plan(usage)
+        self._detached -= {id(c) for c in metric._update_children()}
         for e in self._entries:
             if e.metric is metric and e.name == name and _same_usage(e.usage, usage):
                 return
@@ -146,6 +150,10 @@ class MetricsReducer:
 
     def remove(self, metric: Metric, usage: MetricUsage) -> None:
         gone = [e for e in self._entries if e.metric is metric and _same_usage(e.usage, usage)]
+        if not gone and any(
+            c is metric for e in self._entries for c in e.metric._update_children()
+        ):
+            self._detached.add(id(metric))
         self._entries = [e for e in self._entries if not any(e is g for g in gone)]
         for name in {e.name for e in gone}:
             if not any(e.metric is metric and e.name == name for e in self._entries):
@@ -153,6 +161,8 @@ class MetricsReducer:
         self._sync_handlers()
 
     def has(self, metric: Metric, usage: MetricUsage) -> bool:
+        if any(id(c) in self._detached for c in metric._update_children()):
+            return False
         return any(e.metric is metric and _same_usage(e.usage, usage) for e in self._entries)
 
     def _sync_handlers(self) -> None:
@@ -225,7 +235,8 @@ class MetricsReducer:
             else:  # updated at EPOCH_COMPLETED; what it reads is updated every iteration
                 to_update.extend(e.metric._update_children())
         for metric in _distinct(to_update):
-            metric.iteration_completed(engine)
+            if id(metric) not in self._detached:
+                metric.iteration_completed(engine)
         batch_wise = self._select(completes="iteration")
         if batch_wise:
             self._write(engine, batch_wise, reduce=True)

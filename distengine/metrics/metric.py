@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -41,6 +42,39 @@ __all__ = [
     "sync_all_reduce",
     "reinit__is_reduced",
 ]
+
+def _state_value(value: Any, where: str) -> Any:
+    """A copy of one state value (tensors on the CPU; metrics as their rank state)."""
+    if isinstance(value, Metric):
+        return value.rank_state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {k: _state_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_state_value(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(
+        f"{where} is of unsupported type {type(value).__name__}: metric state holds numbers, "
+        "tensors, None, metrics and lists or dicts of them"
+    )
+
+
+def _loaded_value(current: Any, saved: Any, device: torch.device) -> Any:
+    """``saved`` as the new value of an attribute now holding ``current`` (metrics load in place)."""
+    if isinstance(current, Metric):
+        current._load_rank_state(saved)
+        return current
+    if isinstance(current, Mapping) and isinstance(saved, Mapping):
+        return {k: _loaded_value(current.get(k), v, device) for k, v in saved.items()}
+    if isinstance(current, (list, tuple)) and isinstance(saved, (list, tuple)):
+        if len(current) == len(saved):
+            return type(current)(_loaded_value(c, v, device) for c, v in zip(current, saved))
+    if isinstance(saved, torch.Tensor):
+        return saved.detach().to(device, copy=True)
+    return _output.detached_copy(saved, device)
+
 
 # Ignite's op names in ``sync_all_reduce("attr:OP")`` -> ours.
 _IGNITE_OPS = {"SUM": "sum", "MAX": "max", "MIN": "min", "PRODUCT": "prod"}
@@ -158,7 +192,7 @@ def reinit__is_reduced(func: Callable) -> Callable:  # noqa: N802 - Ignite's nam
     return wrapper
 
 
-class Metric:
+class Metric(metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 
     A metric keeps its state as sums, counts, maxima or minima and **declares** it in the
@@ -212,6 +246,14 @@ class Metric:
     """
 
     _reductions: ClassVar[Mapping[str, str]] = {}
+    # Defaults for a subclass that skips ``Metric.__init__`` (Ignite allows it).
+    _device = torch.device("cpu")
+    _skip_unrolling = False
+    _metrics_result_mode = "both"
+    _view_depth = 0
+    _restored = False
+    # Ignite's (name-mangled) key of state_dict()
+    __state_dict_key_per_rank = _STATE_KEY
     # Further attributes that are part of the per-rank state but are not reduced.
     _extra_rank_state: ClassVar[tuple[str, ...]] = ()
     # Ignite's list of state attributes (a subclass written for Ignite may set it).
@@ -249,6 +291,11 @@ class Metric:
                     )
         if compute is not None and not getattr(compute, "_distengine_reducing", False):
             cls.compute = _reducing(compute)  # type: ignore[method-assign]
+        if "_state_dict_all_req_keys" not in cls.__dict__:
+            # Ignite's name for the list of state attributes: ours, unless the class sets it.
+            cls._state_dict_all_req_keys = tuple(
+                dict.fromkeys((*cls._reductions, *cls._extra_rank_state))
+            )
 
     def __init__(
         self,
@@ -259,7 +306,7 @@ class Metric:
     ) -> None:
         if not callable(output_transform):
             raise TypeError(
-                f"output_transform must be callable, got {type(output_transform).__name__}"
+                f"Argument output_transform must be callable, got {type(output_transform).__name__}"
             )
         if not isinstance(device, (str, torch.device)):
             raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
@@ -276,17 +323,17 @@ class Metric:
         self.reset()
 
     # --- the three methods a metric implements -----------------------------------------
+    @abstractmethod
     def reset(self) -> None:
         """Sets the state to "nothing seen". Called at the start of each epoch (or batch)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement reset()")
 
+    @abstractmethod
     def update(self, output: Any) -> None:
         """Adds one batch's transformed output to the state."""
-        raise NotImplementedError(f"{type(self).__name__} must implement update(output)")
 
+    @abstractmethod
     def compute(self) -> Any:
         """Returns the metric's value (reduced over all ranks at world size > 1)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
     @property
     def device(self) -> torch.device:
@@ -310,13 +357,17 @@ class Metric:
         Example:
             >>> metric.iteration_completed(engine)  # doctest: +SKIP
         """
-        output = self._output_transform(engine.state.output)
+        transform = self._output_transform
+        staged = isinstance(transform, _output.SampleTransform)
+        output = (transform.before if staged else transform)(engine.state.output)
         output = _output.select_required(output, self)
         padding = getattr(engine.state, "batch_padding", 0) or 0
         if padding:
             output, empty = _output.drop_padding(output, padding)
             if empty and not self._updates_on_empty_batch:
                 return
+        if staged:
+            output = transform.after(output)
         if not self._skip_unrolling:
             pairs = _output.unrolled_pairs(output)
             if pairs is not None:
@@ -394,11 +445,14 @@ class Metric:
 
     # --- per-rank state (checkpoints) -----------------------------------------------------
     def _state_names(self) -> tuple[str, ...]:
-        names = tuple(self._reductions) + tuple(self._extra_rank_state)
-        return names + tuple(n for n in self._state_dict_all_req_keys if n not in names)
+        names = (*self._reductions, *self._extra_rank_state, *self._state_dict_all_req_keys)
+        return tuple(dict.fromkeys(names))
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's (unreduced) state: the declared attributes and the extra ones.
+
+        Values may be numbers, tensors (copied to the CPU), ``None``, other metrics (their
+        own state) and lists or dicts of these.
 
         Example:
             >>> sd = metric.rank_state_dict()  # doctest: +SKIP
@@ -410,7 +464,7 @@ class Metric:
                 raise ValueError(
                     f"{type(self).__name__} declares state {key!r} but has no such attribute"
                 )
-            state[key] = _output.detached_copy(getattr(self, key), torch.device("cpu"))
+            state[key] = _state_value(getattr(self, key), f"{type(self).__name__}.{key}")
         return state
 
     def load_rank_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -435,7 +489,8 @@ class Metric:
                 f"missing {missing} (given {list(state_dict)})"
             )
         for key in self._state_names():
-            setattr(self, key, _output.detached_copy(state_dict[key], self._device))
+            current = self.__dict__.get(key)
+            setattr(self, key, _loaded_value(current, state_dict[key], self._device))
 
     def state_dict(self) -> OrderedDict:
         """Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.

@@ -75,8 +75,8 @@ class MetricsLambda(Metric):
         """Updates every metric it uses (only when not attached to an engine)."""
         if self.engine is not None:
             raise ValueError(
-                "MetricsLambda is attached to an engine, which updates the metrics it uses: "
-                "update() is for a lambda used on its own"
+                "MetricsLambda is already attached to an engine, which updates the metrics it "
+                "uses: update() is for a lambda used on its own"
             )
         for part in self._parts():
             part.update(output)

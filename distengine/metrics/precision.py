@@ -33,7 +33,6 @@ class _PrecisionRecallBase(ClassificationMetric):
     }
     _fixed_state_shapes: ClassVar[bool] = False
     _updates_on_empty_batch: ClassVar[bool] = True
-    _extra_rank_state: ClassVar[tuple[str, ...]] = ("_type", "_num_classes", "_shaped")
 
     def __init__(
         self,
@@ -67,6 +66,11 @@ class _PrecisionRecallBase(ClassificationMetric):
 
     def _state_shaped(self) -> bool:
         return self._shaped
+
+    def _load_rank_state(self, state_dict: Any) -> None:
+        super()._load_rank_state(state_dict)
+        # Loaded on every rank alike: per-class counts are shaped; 0-d ones are agreed once.
+        self._shaped = isinstance(self._numerator, torch.Tensor) and self._numerator.ndim > 0
 
     def _check_type(self, output: Sequence[torch.Tensor]) -> None:
         super()._check_type(output)

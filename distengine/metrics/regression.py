@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -15,27 +15,39 @@ __all__ = ["MeanSquaredError", "MeanAbsoluteError", "RootMeanSquaredError"]
 
 
 class _ErrorSum(Metric):
-    """Sum of per-element errors over examples; divided by the number of examples (rows)."""
+    """Sum of per-element errors over examples; divided by the number of examples (rows).
 
-    _reductions: ClassVar[dict[str, str]] = {"_sum_of_errors": "sum", "_num_examples": "sum"}
-    _label: ClassVar[str] = ""
+    Each batch's errors are summed in the inputs' dtype (as Ignite does) and added to a
+    float64 total, which is summed across ranks.
+    """
+
+    _sum_name: ClassVar[str] = ""  # the attribute holding the total (Ignite's name)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if "_sum_name" in cls.__dict__:
+            cls._reductions = {cls._sum_name: "sum", "_num_examples": "sum"}
+        super().__init_subclass__(**kwargs)
 
     def reset(self) -> None:
-        self._sum_of_errors = torch.tensor(0.0, dtype=torch.float64, device=self._device)
+        setattr(self, self._sum_name, torch.tensor(0.0, dtype=torch.float64, device=self._device))
         self._num_examples = 0
 
     def _errors(self, diff: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def update(self, output: Sequence[torch.Tensor]) -> None:
+        """Adds ``(y_pred, y)``; further items of ``output`` are ignored, as in Ignite."""
+        if isinstance(output, Sequence) and len(output) > 2:
+            output = output[:2]
         y_pred, y = check_pair(output, type(self).__name__)
         if y.numel() != y_pred.numel():
             raise ValueError(
                 f"{type(self).__name__} needs y_pred and y with the same number of elements, got "
                 f"y_pred {tuple(y_pred.shape)} and y {tuple(y.shape)}"
             )
-        diff = y_pred.to(torch.float64) - y.reshape(y_pred.shape).to(torch.float64)
-        self._sum_of_errors += self._errors(diff).sum().to(self._device)
+        batch_sum = self._errors(y_pred - y.reshape(y_pred.shape)).sum()
+        total = getattr(self, self._sum_name)
+        setattr(self, self._sum_name, total + batch_sum.to(self._device, torch.float64))
         self._num_examples += y.shape[0] if y.ndim else 1
 
     def compute(self) -> float:
@@ -43,7 +55,7 @@ class _ErrorSum(Metric):
             raise NotComputableError(
                 f"{type(self).__name__} must have at least one example before it can be computed"
             )
-        return self._sum_of_errors.item() / self._num_examples
+        return getattr(self, self._sum_name).item() / self._num_examples
 
 
 class MeanSquaredError(_ErrorSum):
@@ -65,6 +77,8 @@ class MeanSquaredError(_ErrorSum):
         1.6666666666666667
     """
 
+    _sum_name = "_sum_of_squared_errors"
+
     def _errors(self, diff: torch.Tensor) -> torch.Tensor:
         return diff * diff
 
@@ -84,6 +98,8 @@ class MeanAbsoluteError(_ErrorSum):
         >>> mae.compute()
         1.0
     """
+
+    _sum_name = "_sum_of_absolute_errors"
 
     def _errors(self, diff: torch.Tensor) -> torch.Tensor:
         return diff.abs()
