@@ -43,6 +43,7 @@ __all__ = [
     "reinit__is_reduced",
 ]
 
+
 def _state_value(value: Any, where: str) -> Any:
     """A copy of one state value (tensors on the CPU; metrics as their rank state)."""
     if isinstance(value, Metric):
@@ -82,15 +83,28 @@ _STATE_KEY = "__metric_state_per_rank"
 _RESULT_MODES = ("flatten", "named", "both")
 
 
+# > 0 while metrics are computed from prepared (reduced or local) states: a compute()
+# nested in another (a lambda of a lambda) must then not reduce again.
+_views_open = 0
+
+
 @contextmanager
 def state_views(
     metrics: Sequence[Metric], values: Sequence[Mapping[str, Any]] | None
 ) -> Iterator[None]:
-    """Enters ``metric._state_view(v)`` for each metric (``{}``: its own state, no collective)."""
+    """Enters ``metric._state_view(v)`` for each metric (``{}``: its own state, no collective).
+
+    Every ``compute()`` inside reads the states as set here, without a collective.
+    """
+    global _views_open
     with ExitStack() as stack:
         for i, metric in enumerate(metrics):
             stack.enter_context(metric._state_view(values[i] if values is not None else {}))
-        yield
+        _views_open += 1
+        try:
+            yield
+        finally:
+            _views_open -= 1
 
 
 def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
@@ -100,7 +114,7 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     def wrapper(self: Metric) -> Any:
         # Inside a reduced (or deliberately local) view the attributes already hold the
         # values to compute from; nested ``super().compute()`` calls land here too.
-        if self.__dict__.get("_view_depth", 0) > 0:
+        if _views_open > 0 or self.__dict__.get("_view_depth", 0) > 0:
             return compute(self)
         units = self._leaves()
         if not any(u._reductions for u in units):
