@@ -29,6 +29,7 @@ import distengine.distributed as idist
 from distengine.engine import Engine, Events
 from distengine.metrics import (
     Accuracy,
+    BatchFiltered,
     ConfusionMatrix,
     Fbeta,
     IoU,
@@ -37,6 +38,8 @@ from distengine.metrics import (
     Precision,
     Recall,
     RootMeanSquaredError,
+    RunningAverage,
+    RunningEpochWise,
     TopKCategoricalAccuracy,
     TorchMetric,
     cmAccuracy,
@@ -93,6 +96,10 @@ def _plain_metrics() -> dict:
             output_transform=_cls,
         ),
         "tm_mse": TorchMetric(torchmetrics.MeanSquaredError(), output_transform=_reg),
+        # (metric, usage): the src's epoch value, reduced, folded in at EPOCH_COMPLETED
+        "ra_epoch": (RunningAverage(Accuracy(output_transform=_cls)), RunningEpochWise()),
+        # updated on iterations 2 and 4 only (global batches 1 and 3)
+        "acc_every2": (Accuracy(output_transform=_cls), BatchFiltered(every=2)),
     }
 
 
@@ -125,7 +132,10 @@ def _evaluate(metrics: dict, counters: dict) -> tuple[dict, dict]:
     for event in (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED):
         ev.add_event_handler(event, lambda e, ev_=event: mark.__setitem__(ev_, dict(counters)))
     for name, metric in metrics.items():
-        metric.attach(ev, name)
+        if isinstance(metric, tuple):
+            metric[0].attach(ev, name, usage=metric[1])
+        else:
+            metric.attach(ev, name)
 
     def after(kind, event):
         def handler(e):
@@ -190,6 +200,7 @@ def _reference() -> dict:
     f2 = 5 * precision * recall / (4 * precision + recall + 1e-15)
     iou = tp / (cm.sum(dim=0) + cm.sum(dim=1) - tp)
     top2 = logits.topk(2, dim=1).indices
+    every2 = [i for i in range(N) if (i // GLOBAL_BATCH) % 2 == 1]
     err = (p - t).double()
     tm_auroc = torchmetrics.AUROC(task="multiclass", num_classes=C, thresholds=None)
     tm_f1 = torchmetrics.F1Score(task="multiclass", num_classes=C, average="macro")
@@ -207,6 +218,8 @@ def _reference() -> dict:
         "cm_acc": (tp.sum() / cm.sum()).item(),
         "top2": (top2 == y[:, None]).any(dim=1).double().mean().item(),
         "acc": (pred == y).double().mean().item(),
+        "ra_epoch": (pred == y).double().mean().item(),
+        "acc_every2": (pred == y)[every2].double().mean().item(),
         "mse": (err**2).mean().item(),
         "mae": err.abs().mean().item(),
         "rmse": (err**2).mean().sqrt().item(),
@@ -253,7 +266,7 @@ def test_exact_at_world_size_with_one_collective_per_completion(tmp_path, world_
         _assert_matches(r["plain"], ref)
         _assert_matches({"tm_auroc": r["cat"]["tm_auroc"]}, ref)
         assert r["cat"]["precision"] == pytest.approx(ref["precision"], rel=1e-12)
-        # All 19 metrics of the plain evaluator: one all_gather, and no other collective
+        # All 21 metrics of the plain evaluator: one all_gather, and no other collective
         # (torchmetrics' own synchronisation never runs), at the one completion event.
         assert r["plain_seen"]["epoch"] == [{"idist_all_gather": 1, "dist_collectives": 1}]
         assert (
