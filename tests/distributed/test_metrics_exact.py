@@ -24,6 +24,7 @@ import os
 
 import pytest
 import torch
+import torchmetrics  # a test dependency (requirements-ci.txt)
 
 import distengine.distributed as idist
 from distengine.engine import Engine, Events
@@ -45,8 +46,6 @@ from distengine.metrics import (
     cmAccuracy,
     mIoU,
 )
-
-torchmetrics = pytest.importorskip("torchmetrics")
 
 N, C, GLOBAL_BATCH = 19, 4, 6
 

@@ -7,6 +7,7 @@ import ignite.engine as ie
 import ignite.metrics as im
 import pytest
 import torch
+import torchmetrics  # a test dependency (requirements-ci.txt)
 
 from distengine.engine import Engine, Events
 from distengine.metrics import (
@@ -346,7 +347,6 @@ def test_sync_all_reduce_declares_reductions():
 
 
 # --- TorchMetric --------------------------------------------------------------------------------
-torchmetrics = pytest.importorskip("torchmetrics")
 
 
 def _padded_engine(pads):
