@@ -427,3 +427,23 @@ def test_torch_metric_rank_state_round_trip():
     assert b_.compute().item() == pytest.approx(a.compute().item())
     with pytest.raises(ValueError, match="missing states"):
         b_.load_rank_state_dict({"states": {}})
+
+
+def test_checkpoint_saves_a_metric_through_its_rank_state(tmp_path):
+    """Metric.state_dict() is a collective (Ignite's format), so Checkpoint, which calls
+    state_dict() on the writer alone, must save a metric through its rank state."""
+    from distengine.handlers import Checkpoint
+
+    class NoStateDict(Accuracy):
+        def state_dict(self):
+            raise AssertionError("Checkpoint must not call a metric's collective state_dict")
+
+    acc = NoStateDict()
+    for b in _batches(2):
+        acc.update(b)
+    engine = _engine()
+    engine.run([0], max_epochs=1)
+    Checkpoint({"acc": acc}, str(tmp_path))(engine)
+    restored = Accuracy()
+    Checkpoint.load_objects({"acc": restored}, str(tmp_path / "acc_1.pt"))
+    assert restored._num_examples == 12 and restored.compute() == acc.compute()
