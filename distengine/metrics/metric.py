@@ -7,13 +7,16 @@ from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 import distengine.distributed as idist
 from distengine.exceptions import NotComputableError
 from distengine.metrics import _output
+from distengine.metrics._state import loaded_value, state_value
+from distengine.metrics.arithmetic import LambdaOperators
+from distengine.metrics.decorators import reinit__is_reduced, sync_all_reduce
 from distengine.metrics.reduction import REDUCTION_OPS, reduce_states
 from distengine.metrics.usage import (
     BatchFiltered,
@@ -25,9 +28,6 @@ from distengine.metrics.usage import (
     SingleEpochRunningBatchWise,
     as_usage,
 )
-
-if TYPE_CHECKING:
-    from distengine.metrics.metrics_lambda import MetricsLambda
 
 __all__ = [
     "Metric",
@@ -44,41 +44,6 @@ __all__ = [
 ]
 
 
-def _state_value(value: Any, where: str) -> Any:
-    """A copy of one state value (tensors on the CPU; metrics as their rank state)."""
-    if isinstance(value, Metric):
-        return value.rank_state_dict()
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {k: _state_value(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_state_value(v, f"{where}[{i}]") for i, v in enumerate(value))
-    raise TypeError(
-        f"{where} is of unsupported type {type(value).__name__}: metric state holds numbers, "
-        "tensors, None, metrics and lists or dicts of them"
-    )
-
-
-def _loaded_value(current: Any, saved: Any, device: torch.device) -> Any:
-    """``saved`` as the new value of an attribute now holding ``current`` (metrics load in place)."""
-    if isinstance(current, Metric):
-        current._load_rank_state(saved)
-        return current
-    if isinstance(current, Mapping) and isinstance(saved, Mapping):
-        return {k: _loaded_value(current.get(k), v, device) for k, v in saved.items()}
-    if isinstance(current, (list, tuple)) and isinstance(saved, (list, tuple)):
-        if len(current) == len(saved):
-            return type(current)(_loaded_value(c, v, device) for c, v in zip(current, saved))
-    if isinstance(saved, torch.Tensor):
-        return saved.detach().to(device, copy=True)
-    return _output.detached_copy(saved, device)
-
-
-# Ignite's op names in ``sync_all_reduce("attr:OP")`` -> ours.
-_IGNITE_OPS = {"SUM": "sum", "MAX": "max", "MIN": "min", "PRODUCT": "prod"}
 _STATE_KEY = "__metric_state_per_rank"
 _RESULT_MODES = ("flatten", "named", "both")
 
@@ -129,84 +94,7 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     return wrapper
 
 
-def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
-    """Declares, on ``compute``, the attributes reduced across ranks (Ignite's decorator).
-
-    ``"attr"`` is summed; ``"attr:MAX"``, ``"attr:MIN"``, ``"attr:PRODUCT"`` choose another
-    op. In distengine this is a declaration, not a collective of its own: the attributes
-    are added to the class's ``_reductions`` and join the engine's one collective per
-    completion event. Prefer declaring ``_reductions`` directly.
-
-    Example:
-        >>> class Total(Metric):
-        ...     def reset(self): self._total = 0.0
-        ...     def update(self, output): self._total += float(output[0].sum())
-        ...     @sync_all_reduce("_total")
-        ...     def compute(self): return self._total
-        >>> Total._reductions
-        {'_total': 'sum'}
-    """
-    declared: dict[str, str] = {}
-    for spec in attrs:
-        if not isinstance(spec, str):
-            raise TypeError(
-                f"sync_all_reduce takes attribute names (str), got {type(spec).__name__}"
-            )
-        name, _, op = spec.partition(":")
-        if op and op not in _IGNITE_OPS:
-            raise ValueError(
-                f"Reduction operation is not valid (expected one of {list(_IGNITE_OPS)}), got {op!r}"
-            )
-        declared[name] = _IGNITE_OPS[op] if op else "sum"
-
-    def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def compute(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if not isinstance(self, Metric):
-                raise RuntimeError(
-                    "sync_all_reduce decorates methods of distengine.metrics.Metric subclasses only"
-                )
-            for name in declared:
-                if name not in self.__dict__:
-                    raise ValueError(
-                        f"Metric {type(self).__name__} has no attribute named {name!r}"
-                    )
-            return func(self, *args, **kwargs)
-
-        compute._sync_all_reduce = dict(declared)  # type: ignore[attr-defined]
-        compute._decorated = True  # type: ignore[attr-defined]
-        return compute
-
-    decorate._decorated = True  # type: ignore[attr-defined]
-    return decorate
-
-
-def reinit__is_reduced(func: Callable) -> Callable:  # noqa: N802 - Ignite's name
-    """Ignite's marker for ``reset``/``update``; kept for source compatibility.
-
-    distengine never reduces a metric's state in place (``compute`` works on a reduced
-    copy), so there is no "already reduced" flag to clear; a cached ``_result`` is dropped.
-
-    Example:
-        >>> class Count(Metric):
-        ...     @reinit__is_reduced
-        ...     def reset(self): self._n = 0
-        ...     def update(self, output): self._n += 1
-        ...     def compute(self): return self._n
-    """
-
-    @functools.wraps(func)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = func(self, *args, **kwargs)
-        if "_result" in self.__dict__:
-            self._result = None
-        return result
-
-    wrapper._decorated = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-class Metric(metaclass=ABCMeta):
+class Metric(LambdaOperators, metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 
     A metric keeps its state as sums, counts, maxima or minima and **declares** it in the
@@ -478,7 +366,7 @@ class Metric(metaclass=ABCMeta):
                 raise ValueError(
                     f"{type(self).__name__} declares state {key!r} but has no such attribute"
                 )
-            state[key] = _state_value(getattr(self, key), f"{type(self).__name__}.{key}")
+            state[key] = state_value(getattr(self, key), f"{type(self).__name__}.{key}")
         return state
 
     def load_rank_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -504,7 +392,7 @@ class Metric(metaclass=ABCMeta):
             )
         for key in self._state_names():
             current = self.__dict__.get(key)
-            setattr(self, key, _loaded_value(current, state_dict[key], self._device))
+            setattr(self, key, loaded_value(current, state_dict[key], self._device))
 
     def state_dict(self) -> OrderedDict:
         """Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
@@ -586,72 +474,6 @@ class Metric(metaclass=ABCMeta):
         units = [u for u in self._leaves() if u is not self]
         with state_views(units, None), self._state_view({}):
             return self.compute()
-
-    # --- arithmetic, indexing and method calls build a MetricsLambda --------------------
-    def _lambda(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MetricsLambda:
-        from distengine.metrics.metrics_lambda import MetricsLambda
-
-        return MetricsLambda(fn, *args, **kwargs)
-
-    def __add__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x + y, self, other)
-
-    def __radd__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x + y, other, self)
-
-    def __sub__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x - y, self, other)
-
-    def __rsub__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x - y, other, self)
-
-    def __mul__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x * y, self, other)
-
-    def __rmul__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x * y, other, self)
-
-    def __pow__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x**y, self, other)
-
-    def __rpow__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x**y, other, self)
-
-    def __mod__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x % y, self, other)
-
-    def __truediv__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x.__truediv__(y), self, other)
-
-    def __rtruediv__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x.__truediv__(y), other, self)
-
-    def __floordiv__(self, other: Any) -> MetricsLambda:
-        return self._lambda(lambda x, y: x // y, self, other)
-
-    def __getitem__(self, index: Any) -> MetricsLambda:
-        return self._lambda(lambda x: x[index], self)
-
-    def __getattr__(self, attr: str) -> Callable[..., MetricsLambda]:
-        # Public names only: ``metric.mean()`` -> a lambda calling ``.mean()`` on the value.
-        # Private and dunder names raise as usual (internals probe them with getattr).
-        if attr.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
-
-        def call(value: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                method = getattr(value, attr)
-            except AttributeError:
-                raise AttributeError(
-                    f"The value of {type(self).__name__} (a {type(value).__name__}) has no "
-                    f"attribute {attr!r}"
-                ) from None
-            return method(*args, **kwargs)
-
-        def build(*args: Any, **kwargs: Any) -> MetricsLambda:
-            return self._lambda(call, self, *args, **kwargs)
-
-        return build
 
     def __getstate__(self) -> dict:
         return self.__dict__
