@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from numbers import Number
 from typing import Any
+
+import torch
+
+from distengine.metrics.reduction import reduce_states
 
 __all__ = ["sync_all_reduce", "reinit__is_reduced"]
 
@@ -13,12 +18,15 @@ _IGNITE_OPS = {"SUM": "sum", "MAX": "max", "MIN": "min", "PRODUCT": "prod"}
 
 
 def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
-    """Declares, on ``compute``, the attributes reduced across ranks (Ignite's decorator).
+    """The attributes a method sees reduced across ranks (Ignite's decorator).
 
     ``"attr"`` is summed; ``"attr:MAX"``, ``"attr:MIN"``, ``"attr:PRODUCT"`` choose another
-    op. In distengine this is a declaration, not a collective of its own: the attributes
-    are added to the class's ``_reductions`` and join the engine's one collective per
-    completion event. Prefer declaring ``_reductions`` directly.
+    op (an invalid op raises when the class is defined). On ``compute`` this is a
+    declaration, not a collective of its own: the attributes are added to the class's
+    ``_reductions`` and join the engine's one collective per completion event (prefer
+    declaring ``_reductions`` directly). On another method, at world size > 1, the method
+    sees the reduced values (one collective per call); the metric's own values are left as
+    they were.
 
     Example:
         >>> class Total(Metric):
@@ -44,10 +52,10 @@ def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
-        def compute(self: Any, *args: Any, **kwargs: Any) -> Any:
-            from distengine.metrics.metric import Metric
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from distengine.metrics import metric as base
 
-            if not isinstance(self, Metric):
+            if not isinstance(self, base.Metric):
                 raise RuntimeError(
                     "sync_all_reduce decorates methods of distengine.metrics.Metric subclasses only"
                 )
@@ -56,14 +64,39 @@ def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
                     raise ValueError(
                         f"Metric {type(self).__name__} has no attribute named {name!r}"
                     )
-            return func(self, *args, **kwargs)
+                value = self.__dict__[name]
+                if isinstance(value, bool) or not isinstance(value, (Number, torch.Tensor)):
+                    raise TypeError(
+                        f"sync_all_reduce reduces numbers and tensors, but {name!r} of "
+                        f"{type(self).__name__} is a {type(value).__name__}"
+                    )
+            if base.in_state_view(self):  # compute() inside the engine's (or its own) reduction
+                return func(self, *args, **kwargs)
+            reduced = reduce_states([_Declared(self, declared)])
+            if reduced is None:
+                return func(self, *args, **kwargs)
+            with self._state_view(reduced[0]):
+                return func(self, *args, **kwargs)
 
-        compute._sync_all_reduce = dict(declared)  # type: ignore[attr-defined]
-        compute._decorated = True  # type: ignore[attr-defined]
-        return compute
+        method._sync_all_reduce = dict(declared)  # type: ignore[attr-defined]
+        method._decorated = True  # type: ignore[attr-defined]
+        return method
 
     decorate._decorated = True  # type: ignore[attr-defined]
     return decorate
+
+
+class _Declared:
+    """The attributes one ``sync_all_reduce`` names, as the reducer reads them."""
+
+    _fixed_state_shapes = True
+
+    def __init__(self, metric: Any, declared: dict[str, str]) -> None:
+        self._metric = metric
+        self._reductions = declared
+
+    def _reducible_state(self) -> dict[str, Any]:
+        return {name: getattr(self._metric, name) for name in self._reductions}
 
 
 def reinit__is_reduced(func: Callable) -> Callable:  # noqa: N802 - Ignite's name

@@ -72,6 +72,11 @@ def state_views(
             _views_open -= 1
 
 
+def in_state_view(metric: Metric) -> bool:
+    """Whether ``metric`` is being computed from prepared states (no collective then)."""
+    return _views_open > 0 or metric.__dict__.get("_view_depth", 0) > 0
+
+
 def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     """Wraps a subclass's ``compute`` so that, at world size > 1, it sees the reduced state."""
 
@@ -79,7 +84,7 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     def wrapper(self: Metric) -> Any:
         # Inside a reduced (or deliberately local) view the attributes already hold the
         # values to compute from; nested ``super().compute()`` calls land here too.
-        if _views_open > 0 or self.__dict__.get("_view_depth", 0) > 0:
+        if in_state_view(self):
             return compute(self)
         units = self._leaves()
         if not any(u._reductions for u in units):

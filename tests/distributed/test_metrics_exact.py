@@ -36,6 +36,7 @@ from distengine.metrics import (
     IoU,
     MeanAbsoluteError,
     MeanSquaredError,
+    Metric,
     Precision,
     Recall,
     RootMeanSquaredError,
@@ -45,6 +46,7 @@ from distengine.metrics import (
     TorchMetric,
     cmAccuracy,
     mIoU,
+    sync_all_reduce,
 )
 
 N, C, GLOBAL_BATCH = 19, 4, 6
@@ -66,6 +68,22 @@ def _cls(o):
 
 def _reg(o):
     return o["p"], o["t"]
+
+
+class MaxAbsError(Metric):
+    """Written the Ignite way: @sync_all_reduce on compute declares the reductions."""
+
+    def reset(self):
+        self._max, self._n = 0.0, 0
+
+    def update(self, output):
+        p, t = output
+        self._max = max(self._max, float((p - t).abs().max()))
+        self._n += len(t)
+
+    @sync_all_reduce("_max:MAX", "_n")
+    def compute(self):
+        return (self._max, self._n)
 
 
 def _plain_metrics() -> dict:
@@ -95,6 +113,7 @@ def _plain_metrics() -> dict:
             output_transform=_cls,
         ),
         "tm_mse": TorchMetric(torchmetrics.MeanSquaredError(), output_transform=_reg),
+        "max_err": MaxAbsError(output_transform=_reg),
         # (metric, usage): the src's epoch value, reduced, folded in at EPOCH_COMPLETED
         "ra_epoch": (RunningAverage(Accuracy(output_transform=_cls)), RunningEpochWise()),
         # updated on iterations 2 and 4 only (global batches 1 and 3)
@@ -219,6 +238,7 @@ def _reference() -> dict:
         "acc": (pred == y).double().mean().item(),
         "ra_epoch": (pred == y).double().mean().item(),
         "acc_every2": (pred == y)[every2].double().mean().item(),
+        "max_err": [err.abs().max().item(), N],
         "mse": (err**2).mean().item(),
         "mae": err.abs().mean().item(),
         "rmse": (err**2).mean().sqrt().item(),
@@ -265,7 +285,7 @@ def test_exact_at_world_size_with_one_collective_per_completion(tmp_path, world_
         _assert_matches(r["plain"], ref)
         _assert_matches({"tm_auroc": r["cat"]["tm_auroc"]}, ref)
         assert r["cat"]["precision"] == pytest.approx(ref["precision"], rel=1e-12)
-        # All 21 metrics of the plain evaluator: one all_gather, and no other collective
+        # All 22 metrics of the plain evaluator: one all_gather, and no other collective
         # (torchmetrics' own synchronisation never runs), at the one completion event.
         assert r["plain_seen"]["epoch"] == [{"idist_all_gather": 1, "dist_collectives": 1}]
         assert (

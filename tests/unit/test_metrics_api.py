@@ -447,3 +447,39 @@ def test_checkpoint_saves_a_metric_through_its_rank_state(tmp_path):
     restored = Accuracy()
     Checkpoint.load_objects({"acc": restored}, str(tmp_path / "acc_1.pt"))
     assert restored._num_examples == 12 and restored.compute() == acc.compute()
+
+
+def test_sync_all_reduce_on_another_method_and_its_checks():
+    class Spread(Metric):
+        def reset(self):
+            self._lo, self._hi, self._label = 0.0, 0.0, "x"
+
+        def update(self, output):
+            self._lo, self._hi = (
+                min(self._lo, float(output.min())),
+                max(self._hi, float(output.max())),
+            )
+
+        def compute(self):
+            return self.width()
+
+        @sync_all_reduce("_lo:MIN", "_hi:MAX")
+        def width(self):
+            return self._hi - self._lo
+
+        @sync_all_reduce("_label")
+        def label(self):
+            return self._label
+
+        @sync_all_reduce("_missing")
+        def missing(self):
+            return 0
+
+    m = Spread()
+    m.update(torch.tensor([-1.0, 2.5]))
+    assert m.width() == 3.5 and m.compute() == 3.5
+    assert Spread._reductions == {}  # only compute's declaration joins the engine's collective
+    with pytest.raises(TypeError, match="reduces numbers and tensors, but '_label'"):
+        m.label()
+    with pytest.raises(ValueError, match="has no attribute named '_missing'"):
+        m.missing()
