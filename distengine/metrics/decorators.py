@@ -29,6 +29,7 @@ def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
     they were.
 
     Example:
+        >>> from distengine.metrics import Metric
         >>> class Total(Metric):
         ...     def reset(self): self._total = 0.0
         ...     def update(self, output): self._total += float(output[0].sum())
@@ -106,6 +107,7 @@ def reinit__is_reduced(func: Callable) -> Callable:  # noqa: N802 - Ignite's nam
     copy), so there is no "already reduced" flag to clear; a cached ``_result`` is dropped.
 
     Example:
+        >>> from distengine.metrics import Metric
         >>> class Count(Metric):
         ...     @reinit__is_reduced
         ...     def reset(self): self._n = 0

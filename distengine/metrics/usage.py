@@ -1,18 +1,20 @@
 """Metric usages: on which engine events a metric is reset, updated and written.
 
 The classes and their ``usage_name`` strings are Ignite's; ``Metric.attach(engine, name,
-usage=...)`` accepts either. What happens at each event:
+usage=...)`` accepts either. Reset / update / write events:
 
-================================  =================  =====================  ===================
-usage (``usage_name``)            reset at           update at              written at
-================================  =================  =====================  ===================
-``EpochWise`` (epoch_wise)        ``EPOCH_STARTED``  ``ITERATION_COMPLETED``  ``EPOCH_COMPLETED``
-``BatchWise`` (batch_wise)        ``ITERATION_STARTED`` ``ITERATION_COMPLETED`` ``ITERATION_COMPLETED``
-``BatchFiltered(every=...)``      ``EPOCH_STARTED``  filtered ``ITERATION_COMPLETED`` ``EPOCH_COMPLETED``
-``RunningBatchWise``              ``STARTED``        ``ITERATION_COMPLETED``  ``ITERATION_COMPLETED``
-``SingleEpochRunningBatchWise``   ``EPOCH_STARTED``  ``ITERATION_COMPLETED``  ``ITERATION_COMPLETED``
-``RunningEpochWise``              ``STARTED``        ``EPOCH_COMPLETED``      ``EPOCH_COMPLETED``
-================================  =================  =====================  ===================
+- ``EpochWise`` (``"epoch_wise"``, the default): ``EPOCH_STARTED`` / every
+  ``ITERATION_COMPLETED`` / ``EPOCH_COMPLETED``;
+- ``BatchWise`` (``"batch_wise"``): ``ITERATION_STARTED`` / ``ITERATION_COMPLETED`` /
+  ``ITERATION_COMPLETED``;
+- ``BatchFiltered(every=...)``: ``EPOCH_STARTED`` / the filtered ``ITERATION_COMPLETED`` /
+  ``EPOCH_COMPLETED``;
+- ``RunningBatchWise`` (``"running_batch_wise"``): ``STARTED`` / ``ITERATION_COMPLETED`` /
+  ``ITERATION_COMPLETED``;
+- ``SingleEpochRunningBatchWise`` (``"single_epoch_running_batch_wise"``): ``EPOCH_STARTED``
+  / ``ITERATION_COMPLETED`` / ``ITERATION_COMPLETED``;
+- ``RunningEpochWise`` (``"running_epoch_wise"``): ``STARTED`` / ``EPOCH_COMPLETED`` /
+  ``EPOCH_COMPLETED``.
 
 Example:
     >>> from distengine.metrics import Accuracy, BatchWise
