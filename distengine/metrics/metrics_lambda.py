@@ -22,7 +22,8 @@ class MetricsLambda(Metric):
     writes only the lambda's value. At world size > 1 the metrics it uses are reduced in the
     engine's one collective and ``f`` sees their reduced values, so ``f`` of exact values is
     exact. Metric arithmetic builds lambdas: ``precision * recall``, ``cm[0]``,
-    ``cm.diag().sum()`` (any public method of the value).
+    ``cm.diag().sum()`` (any public method of the value). Making a lambda resets the
+    metrics it uses (as in Ignite): build it before updating them.
 
     Args:
         f: the function; its arguments are ``args`` and ``kwargs`` with every metric replaced

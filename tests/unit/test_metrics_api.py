@@ -483,3 +483,60 @@ def test_sync_all_reduce_on_another_method_and_its_checks():
         m.label()
     with pytest.raises(ValueError, match="has no attribute named '_missing'"):
         m.missing()
+
+
+# --- mid-epoch resume with the new metrics -------------------------------------------------------
+def _scaled_by_epoch(engine, batch):  # epoch-dependent scores: the epochs' values differ
+    logits, y = batch
+    return logits * (1 + engine.state.epoch), y
+
+
+def _resumable_engine(log):
+    engine = Engine(_scaled_by_epoch)
+    precision = Precision(average=False)
+    precision.attach(engine, "precision")
+    cm = ConfusionMatrix(3)
+    from distengine.metrics import mIoU
+
+    mIoU(cm).attach(engine, "miou")
+    TorchMetric(torchmetrics.AUROC(task="multiclass", num_classes=3, thresholds=None)).attach(
+        engine, "auroc"
+    )
+    RunningAverage(Recall(average="macro"), alpha=0.5).attach(
+        engine, "ra", usage=RunningEpochWise()
+    )
+
+    def record(e):
+        log.append(
+            {
+                k: v.tolist() if isinstance(v, torch.Tensor) else v
+                for k, v in e.state.metrics.items()
+            }
+        )
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, record)
+    return engine
+
+
+@pytest.mark.parametrize("stop_at", [7, 13])  # mid-epoch 1 and mid-epoch 2 (of 3 epochs of 5)
+def test_mid_epoch_resume_of_new_metrics_gives_the_uninterrupted_values(stop_at):
+    data = _batches(5, seed=12)
+    full_log = []
+    _resumable_engine(full_log).run(data, max_epochs=3)
+
+    saved = {}
+    first = _resumable_engine([])
+
+    @first.on(Events.ITERATION_COMPLETED(once=stop_at))
+    def save_and_stop(engine):
+        saved["sd"] = engine.state_dict()
+        engine.terminate()
+
+    first.run(data, max_epochs=3)
+    resumed_log = []
+    resumed = _resumable_engine(resumed_log)
+    resumed.load_state_dict(saved["sd"])
+    resumed.run(data)
+    done = (stop_at - 1) // 5  # epochs completed before the stop
+    assert len(resumed_log) == 3 - done
+    assert resumed_log == full_log[done:]  # bitwise: same counts, same order
