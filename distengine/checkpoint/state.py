@@ -78,10 +78,13 @@ def has_rank_state(obj: Any) -> bool:
 
 
 def rank_state_only(obj: Any) -> bool:
-    """Whether ``obj`` has per-rank state and no ``state_dict``/``load_state_dict``."""
-    return not (hasattr(obj, "state_dict") or hasattr(obj, "load_state_dict")) and (
-        has_rank_state(obj) or callable(getattr(obj, "load_rank_state_dict", None))
-    )
+    """Whether ``obj`` is saved through its per-rank state alone: it has no
+    ``state_dict``/``load_state_dict``, or its ``state_dict`` is a collective (a metric's,
+    Ignite's format) that the writing rank cannot call alone."""
+    rank_state = has_rank_state(obj) or callable(getattr(obj, "load_rank_state_dict", None))
+    if rank_state and getattr(obj, "_state_dict_is_collective", False):
+        return True
+    return not (hasattr(obj, "state_dict") or hasattr(obj, "load_state_dict")) and rank_state
 
 
 def local_state_dict(obj: Any) -> Any:

@@ -12,7 +12,30 @@ from typing import Any
 
 import torch
 
-__all__ = ["select_required", "drop_padding", "unrolled_pairs", "write_result", "detached_copy"]
+__all__ = [
+    "SampleTransform",
+    "select_required",
+    "drop_padding",
+    "unrolled_pairs",
+    "write_result",
+    "detached_copy",
+]
+
+
+class SampleTransform:
+    """An output transform in two steps, with padded rows dropped in between.
+
+    ``before`` maps the engine output to per-sample tensors (one row per sample); ``after``
+    may then change the rows (flatten sequences, mask tokens), after which a row is no
+    longer a sample, so padding cannot be dropped there any more.
+    """
+
+    def __init__(self, before: Any, after: Any) -> None:
+        self.before = before
+        self.after = after
+
+    def __call__(self, output: Any) -> Any:
+        return self.after(self.before(output))
 
 
 def select_required(output: Any, metric: Any) -> Any:
@@ -56,21 +79,20 @@ def _drop(item: Any, padding: int) -> Any:
     return item[: rows - padding]
 
 
-def drop_padding(output: Any, padding: int) -> Any | None:
+def drop_padding(output: Any, padding: int) -> tuple[Any, bool]:
     """Drops the last ``padding`` rows of every tensor (or list) in ``output``.
 
     ``output`` is one tensor, or a tuple/list whose tensor and list items have one row per
-    sample (``(y_pred, y)``, ``([y_pred_1, ...], [y_1, ...])``). Returns ``None`` when no row
-    is left, i.e. the batch held only padding. Numbers, 0-dim tensors and other items (e.g.
-    the keyword arguments of a loss) are kept as they are.
+    sample (``(y_pred, y)``, ``([y_pred_1, ...], [y_1, ...])``). Numbers, 0-dim tensors and
+    other items (e.g. the keyword arguments of a loss) are kept as they are. Returns the
+    trimmed output and whether no row is left (the batch held only padding).
     """
     if isinstance(output, (tuple, list)):
         dropped = [_drop(item, padding) for item in output]
-        if any(_rows(item) == 0 for item in dropped):
-            return None
-        return tuple(dropped) if isinstance(output, tuple) else dropped
+        empty = any(_rows(item) == 0 for item in dropped)
+        return (tuple(dropped) if isinstance(output, tuple) else dropped), empty
     dropped = _drop(output, padding)
-    return None if _rows(dropped) == 0 else dropped
+    return dropped, _rows(dropped) == 0
 
 
 def _is_list_of_tensors_or_numbers(x: Any) -> bool:
@@ -112,21 +134,24 @@ def unrolled_pairs(output: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | Non
     return pairs
 
 
-def write_result(engine: Any, name: str, result: Any) -> None:
+def write_result(engine: Any, name: str, result: Any, mode: str = "both") -> None:
     """Writes ``result`` to ``engine.state.metrics`` the way Ignite does.
 
-    A mapping result is written under each of its keys and, whole, under ``name``; a 0-dim
-    tensor becomes a Python number; other tensors are moved to the CPU.
+    A mapping result is written under each of its keys (``mode`` ``"flatten"`` or
+    ``"both"``) and, whole, under ``name`` (``"named"`` or ``"both"``); a 0-dim tensor
+    becomes a Python number; other tensors are moved to the CPU.
     """
     metrics = engine.state.metrics
     if isinstance(result, Mapping):
-        if name in result:
+        if mode in ("named", "both") and name in result:
             raise ValueError(
                 f"Metric name {name!r} conflicts with a key of its mapping result {list(result)}"
             )
-        for key, value in result.items():
-            metrics[key] = value
-        metrics[name] = result
+        if mode in ("flatten", "both"):
+            for key, value in result.items():
+                metrics[key] = value
+        if mode in ("named", "both"):
+            metrics[name] = result
         return
     if isinstance(result, torch.Tensor):
         result = result.item() if result.ndim == 0 else result.cpu()

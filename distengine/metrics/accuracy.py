@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from distengine.metrics.metric import Metric, NotComputableError
+from distengine.metrics._classification import ClassificationMetric, check_pair
+from distengine.metrics._output import SampleTransform
+from distengine.metrics.metric import NotComputableError
 
 __all__ = ["Accuracy"]
 
 
-def _check_pair(output: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(output, Sequence) and len(output) == 2):
-        raise TypeError(
-            f"{owner}.update expects (y_pred, y), got {type(output).__name__}"
-            + (f" of length {len(output)}" if isinstance(output, Sequence) else "")
-        )
-    y_pred, y = output
-    if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(
-            f"{owner}.update expects y_pred and y to be tensors, "
-            f"got {type(y_pred).__name__} and {type(y).__name__}"
-        )
-    return y_pred.detach(), y.detach()
-
-
-class Accuracy(Metric):
+class Accuracy(ClassificationMetric):
     """Fraction of correct predictions, for binary, multiclass and multilabel data.
 
     - binary: ``y_pred`` and ``y`` of shape ``(N, ...)`` holding 0s and 1s (threshold
@@ -54,7 +41,6 @@ class Accuracy(Metric):
     """
 
     _reductions: ClassVar[dict[str, str]] = {"_num_correct": "sum", "_num_examples": "sum"}
-    _extra_rank_state: ClassVar[tuple[str, ...]] = ("_type", "_num_classes")
 
     def __init__(
         self,
@@ -63,76 +49,67 @@ class Accuracy(Metric):
         device: str | torch.device = "cpu",
         skip_unrolling: bool = False,
     ) -> None:
-        self._is_multilabel = bool(is_multilabel)
-        super().__init__(output_transform, device=device, skip_unrolling=skip_unrolling)
-
-    @property
-    def is_multilabel(self) -> bool:
-        """Whether equally-shaped ``(N, C, ...)`` inputs are read as multilabel."""
-        return self._is_multilabel
+        super().__init__(
+            output_transform,
+            is_multilabel=is_multilabel,
+            device=device,
+            skip_unrolling=skip_unrolling,
+        )
 
     def reset(self) -> None:
         self._num_correct = torch.tensor(0, dtype=torch.int64, device=self._device)
         self._num_examples = 0
-        self._type: str | None = None
-        self._num_classes: int | None = None
-
-    def _check_shape(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
-        if not (y.ndim == y_pred.ndim or y.ndim + 1 == y_pred.ndim):
-            raise ValueError(
-                "y must have shape (batch_size, ...) and y_pred (batch_size, num_classes, ...) "
-                f"or (batch_size, ...), got y {tuple(y.shape)} and y_pred {tuple(y_pred.shape)}"
-            )
-        pred_shape = tuple(y_pred.shape)
-        if y.ndim + 1 == y_pred.ndim:
-            pred_shape = pred_shape[:1] + pred_shape[2:]
-        if tuple(y.shape) != pred_shape:
-            raise ValueError(
-                f"y and y_pred have incompatible shapes: y {tuple(y.shape)}, "
-                f"y_pred {tuple(y_pred.shape)}"
-            )
-        if self._is_multilabel and not (y.shape == y_pred.shape and y.ndim > 1 and y.shape[1] > 1):
-            raise ValueError(
-                "multilabel y and y_pred must have the same shape (batch_size, num_classes, ...) "
-                f"with num_classes > 1, got y {tuple(y.shape)} and y_pred {tuple(y_pred.shape)}"
-            )
+        super().reset()
 
     @staticmethod
-    def _check_binary(y_pred: torch.Tensor, y: torch.Tensor) -> None:
-        for label, t in (("y", y), ("y_pred", y_pred)):
-            if not torch.equal(t, t * t):
-                raise ValueError(
-                    f"For binary and multilabel inputs, {label} must hold only 0s and 1s, "
-                    f"got values {torch.unique(t)[:5].tolist()}"
-                )
+    def get_sequence_transform(
+        ignore_index: int | Iterable[int] | None = None,
+        output_transform: Callable[[Any], Any] = lambda x: x,
+    ) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
+        """An ``output_transform`` for sequence outputs: token-level accuracy.
 
-    def _check_type(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:
-        if y.ndim + 1 == y_pred.ndim:
-            num_classes = y_pred.shape[1]
-            if num_classes == 1:
-                kind = "binary"
-                self._check_binary(y_pred, y)
-            else:
-                kind = "multiclass"
-        else:
-            self._check_binary(y_pred, y)
-            kind = "multilabel" if self._is_multilabel else "binary"
-            num_classes = y_pred.shape[1] if self._is_multilabel else 1
-        if self._type is None:
-            self._type, self._num_classes = kind, num_classes
-            return
-        if self._type != kind:
-            raise ValueError(f"Input type changed from {self._type} to {kind} since the last reset")
-        if self._num_classes != num_classes:
-            raise ValueError(
-                f"Number of classes changed from {self._num_classes} to {num_classes} "
-                "since the last reset"
-            )
+        ``output_transform`` gives ``(y_pred, y)`` of shapes ``(N, S, C)`` and ``(N, S)``;
+        the result is ``(N*S, C)`` and ``(N*S,)`` with the positions whose target is
+        ``ignore_index`` (an int or several) left out. Padded samples (rows of ``N``) are
+        dropped before the flattening.
+
+        Example:
+            >>> acc = Accuracy(output_transform=Accuracy.get_sequence_transform(ignore_index=-100))
+        """
+        ignored = (
+            None
+            if ignore_index is None
+            else list(ignore_index)
+            if isinstance(ignore_index, Iterable)
+            else [ignore_index]
+        )
+
+        def flatten(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            y_pred, y = check_pair(output, "Accuracy.get_sequence_transform")
+            if y_pred.ndim != 3 or y.ndim != 2:
+                raise ValueError(
+                    "Expected y_pred to be 3D (N, S, C) and y to be 2D (N, S), got "
+                    f"y_pred of shape {tuple(y_pred.shape)} and y of shape {tuple(y.shape)}"
+                )
+            if y_pred.shape[:2] != y.shape:
+                raise ValueError(
+                    f"y_pred and y have incompatible shapes: the first two dimensions of "
+                    f"y_pred {tuple(y_pred.shape)} must be those of y {tuple(y.shape)}"
+                )
+            y_pred, y = y_pred.reshape(-1, y_pred.shape[-1]), y.reshape(-1)
+            if ignored is not None:
+                keep = torch.ones_like(y, dtype=torch.bool)
+                for value in ignored:
+                    keep &= y != value
+                y_pred, y = y_pred[keep], y[keep]
+            return y_pred, y
+
+        return SampleTransform(output_transform, flatten)
 
     def update(self, output: Sequence[torch.Tensor]) -> None:
-        y_pred, y = _check_pair(output, type(self).__name__)
-        self._check_shape(y_pred, y)
-        self._check_type(y_pred, y)
+        y_pred, y = check_pair(output, type(self).__name__)
+        self._check_shape((y_pred, y))
+        self._check_type((y_pred, y))
         if self._type == "binary":
             correct = torch.eq(y_pred.reshape(-1).to(y), y.reshape(-1))
         elif self._type == "multiclass":

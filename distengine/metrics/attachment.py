@@ -6,18 +6,23 @@ engine). At each completion event the reducer reduces the declared state of *all
 that complete then in a single ``all_gather`` (see :mod:`distengine.metrics.reduction`), so
 the number of collectives does not grow with the number of metrics.
 
-Usages (when a metric is reset / written):
+How a usage (:mod:`distengine.metrics.usage`) is run:
 
-- ``epoch_wise``: reset at ``EPOCH_STARTED``, written at ``EPOCH_COMPLETED`` (reduced);
-- ``batch_wise``: reset at ``ITERATION_STARTED``, written at ``ITERATION_COMPLETED`` (reduced,
-  so one collective per iteration for all batch-wise metrics together);
-- ``running`` (alias ``running_batch_wise``) and ``single_epoch_running_batch_wise``, for
-  :class:`~distengine.metrics.RunningAverage`: reset at ``STARTED`` (or ``EPOCH_STARTED``),
-  written at ``ITERATION_COMPLETED`` from this rank's state (no collective); at world size
-  > 1 the epoch's collective also carries them and ``EPOCH_COMPLETED`` writes their mean over
-  ranks.
+- written at ``EPOCH_COMPLETED`` (``epoch_wise``, ``BatchFiltered``, ``running_epoch_wise``):
+  computed from the reduced state, all such metrics in one collective;
+- reset at ``ITERATION_STARTED``, written at ``ITERATION_COMPLETED`` (``batch_wise``):
+  reduced every iteration, all batch-wise metrics in one collective;
+- reset at ``STARTED`` or ``EPOCH_STARTED``, written at ``ITERATION_COMPLETED``
+  (``running_batch_wise``, ``single_epoch_running_batch_wise``): written every iteration
+  from this rank's state (no collective); at world size > 1 the epoch's collective also
+  carries them and ``EPOCH_COMPLETED`` writes their reduced value (for
+  :class:`~distengine.metrics.RunningAverage`, the mean over ranks).
 
-Every metric is updated once per iteration, at ``ITERATION_COMPLETED``, in attach order.
+Every metric is updated at most once per iteration, at ``ITERATION_COMPLETED``, in attach
+order (the parts of a ``MetricsLambda`` and the ``src`` of a ``RunningAverage`` first).
+A metric with ``running_epoch_wise`` usage is updated at ``EPOCH_COMPLETED``; a
+``RunningAverage`` then folds in its ``src``'s value reduced over all ranks (the same
+collective).
 """
 
 from __future__ import annotations
@@ -28,34 +33,67 @@ from typing import Any
 import distengine.distributed as idist
 from distengine.engine import Events
 from distengine.metrics._output import write_result
-from distengine.metrics.metric import Metric, NotComputableError
+from distengine.metrics.metric import Metric, NotComputableError, state_views
 from distengine.metrics.reduction import reduce_states
+from distengine.metrics.usage import MetricUsage
 
-__all__ = ["MetricsReducer", "reducer_of", "USAGES"]
+__all__ = ["MetricsReducer", "reducer_of"]
 
 _ENGINE_ATTR = "_distengine_metrics_reducer"
+_STARTS = (Events.STARTED, Events.EPOCH_STARTED, Events.ITERATION_STARTED)
+_UPDATES = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED)
 
 
 @dataclass(frozen=True)
-class _Usage:
-    started: Any  # the event that resets the metric
+class _Plan:
+    """What the reducer does for one usage."""
+
+    started: Any  # the (unfiltered) event that resets the metric
+    update: Any  # ITERATION_COMPLETED or EPOCH_COMPLETED
+    update_filter: Any  # (engine, count) -> bool, or None
     completes: str  # "epoch", "iteration" or "running"
 
 
-USAGES: dict[str, _Usage] = {
-    "epoch_wise": _Usage(Events.EPOCH_STARTED, "epoch"),
-    "batch_wise": _Usage(Events.ITERATION_STARTED, "iteration"),
-    "running": _Usage(Events.STARTED, "running"),
-    "running_batch_wise": _Usage(Events.STARTED, "running"),
-    "single_epoch_running_batch_wise": _Usage(Events.EPOCH_STARTED, "running"),
-}
+def _plan(usage: MetricUsage) -> _Plan:
+    started, completed, update = usage.STARTED, usage.COMPLETED, usage.ITERATION_COMPLETED
+    if started not in _STARTS or update not in _UPDATES or completed not in _UPDATES:
+        raise ValueError(
+            f"{type(usage).__name__}: a metric is reset at STARTED, EPOCH_STARTED or "
+            "ITERATION_STARTED and updated and written at ITERATION_COMPLETED or "
+            f"EPOCH_COMPLETED, got {started!r}, {update!r}, {completed!r}"
+        )
+    if completed == Events.EPOCH_COMPLETED:
+        completes = "epoch"
+    elif update == Events.EPOCH_COMPLETED:
+        raise ValueError(
+            f"{type(usage).__name__}: a metric updated at EPOCH_COMPLETED is written then"
+        )
+    else:
+        completes = "iteration" if started == Events.ITERATION_STARTED else "running"
+    for event in (started, completed):
+        if getattr(event, "filter", None) is not None:
+            raise ValueError(
+                f"{type(usage).__name__}: only the update event may be filtered, got {event!r}"
+            )
+    return _Plan(started, update, getattr(update, "filter", None), completes)
 
 
-@dataclass(frozen=True)
+def _same_usage(a: MetricUsage, b: MetricUsage) -> bool:
+    """Same kind of usage (filters aside: ``BatchFiltered(every=2)`` is ``BatchFiltered()``)."""
+    pa, pb = _plan(a), _plan(b)
+    return type(a) is type(b) and (pa.started, pa.update, pa.completes) == (
+        pb.started,
+        pb.update,
+        pb.completes,
+    )
+
+
+@dataclass(frozen=True, eq=False)
 class _Entry:
     metric: Metric
     name: str
-    usage: str
+    usage: MetricUsage
+    plan: _Plan
 
 
 def reducer_of(engine: Any, create: bool) -> MetricsReducer | None:
@@ -74,6 +112,13 @@ def _mid_epoch(engine: Any) -> bool:
     return bool(length) and state.epoch >= 1 and state.iteration > (state.epoch - 1) * length
 
 
+def _distinct(metrics: list[Metric]) -> list[Metric]:
+    seen: dict[int, Metric] = {}
+    for m in metrics:
+        seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
 class MetricsReducer:
     """Runs the metrics attached to one engine; made by :meth:`Metric.attach`.
 
@@ -87,38 +132,45 @@ class MetricsReducer:
         self._engine = engine
         self._entries: list[_Entry] = []
         self._handlers: dict[Any, Any] = {}
-        # (completes, started) -> distinct metrics; rebuilt when membership changes
-        self._groups: dict[tuple[str | None, Any], list[Metric]] = {}
+        # metrics used by an entry (a lambda's part, a src) that were detached on their own:
+        # no longer updated, and the entries using them no longer count as attached (Ignite)
+        self._detached: set[int] = set()
 
     # --- membership -------------------------------------------------------------------
-    def add(self, metric: Metric, name: str, usage: str) -> None:
-        entry = _Entry(metric, name, usage)
-        if entry in self._entries:
-            return
+    def add(self, metric: Metric, name: str, usage: MetricUsage) -> None:
+        plan = _plan(usage)
+        self._detached -= {id(c) for c in metric._update_children()}
+        for e in self._entries:
+            if e.metric is metric and e.name == name and _same_usage(e.usage, usage):
+                return
         if not any(e.metric is metric and e.name == name for e in self._entries):
             self._engine.register_rank_state(f"metric:{name}", metric)
-        self._entries.append(entry)
+        self._entries.append(_Entry(metric, name, usage, plan))
         self._sync_handlers()
 
-    def remove(self, metric: Metric, usage: str) -> None:
-        gone = [e for e in self._entries if e.metric is metric and e.usage == usage]
-        self._entries = [e for e in self._entries if e not in gone]
+    def remove(self, metric: Metric, usage: MetricUsage) -> None:
+        gone = [e for e in self._entries if e.metric is metric and _same_usage(e.usage, usage)]
+        if not gone and any(
+            c is metric for e in self._entries for c in e.metric._update_children()
+        ):
+            self._detached.add(id(metric))
+        self._entries = [e for e in self._entries if not any(e is g for g in gone)]
         for name in {e.name for e in gone}:
             if not any(e.metric is metric and e.name == name for e in self._entries):
                 self._engine.unregister_rank_state(f"metric:{name}")
         self._sync_handlers()
 
-    def has(self, metric: Metric, usage: str) -> bool:
-        return any(e.metric is metric and e.usage == usage for e in self._entries)
+    def has(self, metric: Metric, usage: MetricUsage) -> bool:
+        if any(id(c) in self._detached for c in metric._update_children()):
+            return False
+        return any(e.metric is metric and _same_usage(e.usage, usage) for e in self._entries)
 
     def _sync_handlers(self) -> None:
         """Registers the handlers the current entries need; removes the others."""
-        self._groups.clear()
-        kinds = {USAGES[e.usage].completes for e in self._entries}
-        wanted = {USAGES[e.usage].started for e in self._entries}
+        wanted = {e.plan.started for e in self._entries}
         if self._entries:
             wanted.add(Events.ITERATION_COMPLETED)
-        if kinds & {"epoch", "running"}:
+        if any(e.plan.completes in ("epoch", "running") for e in self._entries):
             wanted.add(Events.EPOCH_COMPLETED)
         table = {
             Events.STARTED: self._on_started,
@@ -134,24 +186,16 @@ class MetricsReducer:
             elif event not in wanted and event in self._handlers:
                 self._engine.remove_event_handler(self._handlers.pop(event), event)
 
-    # --- event handlers ---------------------------------------------------------------
-    def _metrics(self, completes: str | None = None, started: Any = None) -> list[Metric]:
-        """Distinct metrics (attach order) with a usage that completes / starts as given."""
-        key = (completes, started)
-        if key not in self._groups:
-            seen: dict[int, Metric] = {}
-            for e in self._entries:
-                usage = USAGES[e.usage]
-                if completes is not None and usage.completes != completes:
-                    continue
-                if started is not None and usage.started != started:
-                    continue
-                seen.setdefault(id(e.metric), e.metric)
-            self._groups[key] = list(seen.values())
-        return self._groups[key]
+    def _select(self, **conditions: Any) -> list[_Entry]:
+        return [
+            e
+            for e in self._entries
+            if all(getattr(e.plan, key) == value for key, value in conditions.items())
+        ]
 
+    # --- event handlers ---------------------------------------------------------------
     def _reset(self, event: Any, engine: Any) -> None:
-        for metric in self._metrics(started=event):
+        for metric in _distinct([e.metric for e in self._select(started=event)]):
             if metric._restored:
                 # State loaded from a checkpoint: keep it if this start resumes the run
                 # (STARTED) or the interrupted epoch (EPOCH_STARTED mid-epoch).
@@ -165,10 +209,9 @@ class MetricsReducer:
 
     def _show_restored(self, engine: Any, metric: Metric) -> None:
         """Writes a restored running value at once, as the interrupted run showed it."""
-        if any(
-            e.metric is metric and USAGES[e.usage].completes == "running" for e in self._entries
-        ):
-            self._write(engine, [metric], None, {"running"}, [metric])
+        running = [e for e in self._select(completes="running") if e.metric is metric]
+        if running:
+            self._write(engine, running, reduce=False)
 
     def _on_started(self, engine: Any) -> None:
         self._reset(Events.STARTED, engine)
@@ -180,43 +223,82 @@ class MetricsReducer:
         self._reset(Events.ITERATION_STARTED, engine)
 
     def _on_iteration_completed(self, engine: Any) -> None:
-        for metric in self._metrics():
-            metric.iteration_completed(engine)
-        batch_wise = self._metrics(completes="iteration")
+        to_update: list[Metric] = []
+        for e in self._entries:
+            if e.plan.update == Events.ITERATION_COMPLETED:
+                flt = e.plan.update_filter
+                if flt is not None and not flt(engine, engine.state.iteration):
+                    continue
+                to_update.extend(e.metric._update_children())
+                if e.metric._updates_itself:
+                    to_update.append(e.metric)
+            else:  # updated at EPOCH_COMPLETED; what it reads is updated every iteration
+                to_update.extend(e.metric._update_children())
+        for metric in _distinct(to_update):
+            if id(metric) not in self._detached:
+                metric.iteration_completed(engine)
+        batch_wise = self._select(completes="iteration")
         if batch_wise:
-            self._write(engine, batch_wise, reduce_states(batch_wise), {"iteration"}, ())
-        running = self._metrics(completes="running")
+            self._write(engine, batch_wise, reduce=True)
+        running = self._select(completes="running")
         if running:
-            self._write(engine, running, None, {"running"}, running)
+            self._write(engine, running, reduce=False)
 
     def _on_epoch_completed(self, engine: Any) -> None:
-        running = self._metrics(completes="running") if idist.get_world_size() > 1 else []
-        group = self._metrics(completes="epoch") + running
-        if group:
-            self._write(engine, group, reduce_states(group), {"epoch", "running"}, running)
+        late = self._select(update=Events.EPOCH_COMPLETED)
+        folding = _distinct([e.metric for e in late if e.metric._reduced_children()])
+        for metric in _distinct([e.metric for e in late]):
+            if not any(metric is f for f in folding):
+                metric.iteration_completed(engine)
+        group = self._select(completes="epoch")
+        if idist.get_world_size() > 1:
+            group += self._select(completes="running")
+        if not group:
+            return
+        reduced_ids = {id(f) for f in folding}
+        units = _distinct(
+            [u for e in group if id(e.metric) not in reduced_ids for u in e.metric._leaves()]
+            + [c for f in folding for c in f._reduced_children()]
+        )
+        reduced = reduce_states(units)
+        if folding:
+            # Fold the reduced value of each src in; the folded value is then global.
+            with state_views(units, reduced):
+                for metric in folding:
+                    metric.iteration_completed(engine)
+            for metric in folding:
+                for child in metric._reduced_children():
+                    child.reset()
+        self._write(engine, group, reduce=True, reduced=(units, reduced), local_ids=reduced_ids)
 
     def _write(
         self,
         engine: Any,
-        metrics: list[Metric],
-        reduced: list[dict[str, Any]] | None,
-        kinds: set[str],
-        tolerate: list[Metric] | tuple[()],
+        entries: list[_Entry],
+        reduce: bool,
+        reduced: tuple[list[Metric], list[dict[str, Any]] | None] | None = None,
+        local_ids: set[int] | frozenset[int] = frozenset(),
     ) -> None:
-        """Computes each metric from its reduced (or local) state; writes it under the names
-        of its entries whose usage completes as one of ``kinds``."""
-        for i, metric in enumerate(metrics):
+        """Computes each entry's metric from its reduced (or local) state and writes it."""
+        metrics = _distinct([e.metric for e in entries])
+        if reduce and reduced is None:
+            units = _distinct([u for m in metrics for u in m._leaves()])
+            reduced = (units, reduce_states(units))
+        results: dict[int, Any] = {}
+        with_views = reduced if reduce else None
+        for metric in metrics:
             try:
-                if reduced is None:
-                    result = metric._compute_local()
+                if with_views is None or id(metric) in local_ids:
+                    results[id(metric)] = metric._compute_local()
                 else:
-                    with metric._state_view(reduced[i]):
-                        result = metric.compute()
+                    units, values = with_views
+                    with state_views(units, values), metric._state_view({}):
+                        results[id(metric)] = metric.compute()
             except NotComputableError:
                 # A running value that no batch has set yet (e.g. padding only): keep the last.
-                if any(metric is t for t in tolerate):
+                if any(e.metric is metric and e.plan.completes == "running" for e in entries):
                     continue
                 raise
-            for e in self._entries:
-                if e.metric is metric and USAGES[e.usage].completes in kinds:
-                    write_result(engine, e.name, result)
+        for e in entries:
+            if id(e.metric) in results:
+                write_result(engine, e.name, results[id(e.metric)], e.metric._metrics_result_mode)

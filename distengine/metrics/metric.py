@@ -3,29 +3,78 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from abc import ABCMeta, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
 import torch
 
+import distengine.distributed as idist
+from distengine.exceptions import NotComputableError
 from distengine.metrics import _output
+from distengine.metrics._state import loaded_value, state_value
+from distengine.metrics.arithmetic import LambdaOperators
+from distengine.metrics.decorators import reinit__is_reduced, sync_all_reduce
 from distengine.metrics.reduction import REDUCTION_OPS, reduce_states
+from distengine.metrics.usage import (
+    BatchFiltered,
+    BatchWise,
+    EpochWise,
+    MetricUsage,
+    RunningBatchWise,
+    RunningEpochWise,
+    SingleEpochRunningBatchWise,
+    as_usage,
+)
 
-__all__ = ["Metric", "NotComputableError"]
+__all__ = [
+    "Metric",
+    "NotComputableError",
+    "MetricUsage",
+    "EpochWise",
+    "BatchWise",
+    "BatchFiltered",
+    "RunningEpochWise",
+    "RunningBatchWise",
+    "SingleEpochRunningBatchWise",
+    "sync_all_reduce",
+    "reinit__is_reduced",
+]
 
 
-class NotComputableError(RuntimeError):
-    """Raised by ``compute()`` when the metric has seen no example yet.
+_STATE_KEY = "__metric_state_per_rank"
+_RESULT_MODES = ("flatten", "named", "both")
 
-    Example:
-        >>> from distengine.metrics import Accuracy
-        >>> try:
-        ...     Accuracy().compute()
-        ... except NotComputableError as e:
-        ...     print("not computable")
-        not computable
+
+# > 0 while metrics are computed from prepared (reduced or local) states: a compute()
+# nested in another (a lambda of a lambda) must then not reduce again.
+_views_open = 0
+
+
+@contextmanager
+def state_views(
+    metrics: Sequence[Metric], values: Sequence[Mapping[str, Any]] | None
+) -> Iterator[None]:
+    """Enters ``metric._state_view(v)`` for each metric (``{}``: its own state, no collective).
+
+    Every ``compute()`` inside reads the states as set here, without a collective.
     """
+    global _views_open
+    with ExitStack() as stack:
+        for i, metric in enumerate(metrics):
+            stack.enter_context(metric._state_view(values[i] if values is not None else {}))
+        _views_open += 1
+        try:
+            yield
+        finally:
+            _views_open -= 1
+
+
+def in_state_view(metric: Metric) -> bool:
+    """Whether ``metric`` is being computed from prepared states (no collective then)."""
+    return _views_open > 0 or metric.__dict__.get("_view_depth", 0) > 0
 
 
 def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
@@ -35,28 +84,32 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     def wrapper(self: Metric) -> Any:
         # Inside a reduced (or deliberately local) view the attributes already hold the
         # values to compute from; nested ``super().compute()`` calls land here too.
-        if getattr(self, "_view_depth", 0) > 0 or not self._reductions:
+        if in_state_view(self):
             return compute(self)
-        reduced = reduce_states([self])
+        units = self._leaves()
+        if not any(u._reductions for u in units):
+            return compute(self)
+        reduced = reduce_states(units)
         if reduced is None:  # world size 1: no collective
             return compute(self)
-        with self._state_view(reduced[0]):
+        with state_views(units, reduced), self._state_view({}):
             return compute(self)
 
     wrapper._distengine_reducing = True  # type: ignore[attr-defined]
     return wrapper
 
 
-class Metric:
+class Metric(LambdaOperators, metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 
     A metric keeps its state as sums, counts, maxima or minima and **declares** it in the
-    class attribute ``_reductions`` (attribute name -> ``"sum"``, ``"max"`` or ``"min"``).
-    At world size > 1, ``compute()`` first reduces the declared state across ranks (one
-    collective), then computes from the reduced values; the local state is left as it was.
-    All metrics attached to one engine are reduced together, in one collective per
-    completion event. A metric that declares nothing is computed from this rank's state.
-    At world size > 1, ``compute()`` is a collective: call it on every rank.
+    class attribute ``_reductions`` (attribute name -> ``"sum"``, ``"max"``, ``"min"`` or
+    ``"prod"``; Ignite's ``@sync_all_reduce`` on ``compute`` declares the same). At world
+    size > 1, ``compute()`` first reduces the declared state across ranks (one collective),
+    then computes from the reduced values; the local state is left as it was. All metrics
+    attached to one engine are reduced together, in one collective per completion event.
+    A metric that declares nothing is computed from this rank's state. At world size > 1,
+    ``compute()`` (and :meth:`state_dict`) is a collective: call it on every rank.
 
     Subclasses implement ``reset``, ``update`` and ``compute``; ``compute`` reads the declared
     attributes and raises :class:`NotComputableError` when nothing was counted.
@@ -66,11 +119,18 @@ class Metric:
     ``engine.state.batch_padding`` is ``k > 0``, the last ``k`` rows of every tensor (and
     list) in it are dropped before ``update``: padded duplicates are never counted.
 
+    Metrics combine with arithmetic, indexing and method calls into a
+    :class:`~distengine.metrics.MetricsLambda` (``precision * recall``, ``cm[0]``,
+    ``cm.diag().sum()``), computed from the reduced state of the metrics it uses.
+
     Args:
         output_transform: maps ``engine.state.output`` to what ``update`` expects.
         device: where the state is accumulated (CPU by default).
         skip_unrolling: pass ``(list_of_y_pred, list_of_y)`` to ``update`` as it is instead
             of updating once per pair.
+        metrics_result_mode: for a mapping result, ``"flatten"`` writes each key to
+            ``state.metrics``, ``"named"`` writes the mapping under the metric's name,
+            ``"both"`` (default) does both.
 
     Example:
         >>> import torch
@@ -93,16 +153,36 @@ class Metric:
     """
 
     _reductions: ClassVar[Mapping[str, str]] = {}
+    # Defaults for a subclass that skips ``Metric.__init__`` (Ignite allows it).
+    _device = torch.device("cpu")
+    _skip_unrolling = False
+    _metrics_result_mode = "both"
+    _view_depth = 0
+    _restored = False
+    # Ignite's (name-mangled) key of state_dict()
+    __state_dict_key_per_rank = _STATE_KEY
     # Further attributes that are part of the per-rank state but are not reduced.
     _extra_rank_state: ClassVar[tuple[str, ...]] = ()
-    _usages: ClassVar[tuple[str, ...]] = ("epoch_wise", "batch_wise")
-    _default_usage: ClassVar[str] = "epoch_wise"
+    # Ignite's list of state attributes (a subclass written for Ignite may set it).
+    _state_dict_all_req_keys: ClassVar[tuple[str, ...]] = ()
+    # False: the declared state takes its shape from the data (see reduction.py).
+    _fixed_state_shapes: ClassVar[bool] = True
+    # True: ``update`` accepts a batch with no rows (a rank's all-padding batch), so that a
+    # data-shaped state gets its shape on every rank at the same iteration.
+    _updates_on_empty_batch: ClassVar[bool] = False
+    _default_usage: ClassVar[type[MetricUsage]] = EpochWise
+    # False for a metric that is only a function of others (MetricsLambda): never updated.
+    _updates_itself: ClassVar[bool] = True
     required_output_keys: ClassVar[tuple[str, ...] | None] = ("y_pred", "y")
     # Keys of ``required_output_keys`` that a mapping output may leave out.
     _optional_output_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        compute = cls.__dict__.get("compute")
+        declared = getattr(compute, "_sync_all_reduce", None)
+        if declared and "_reductions" not in cls.__dict__:
+            cls._reductions = {**cls._reductions, **declared}
         reductions = cls.__dict__.get("_reductions")
         if reductions is not None:
             if not isinstance(reductions, Mapping):
@@ -116,41 +196,51 @@ class Metric:
                         f"{cls.__name__}._reductions maps attribute names to one of "
                         f"{sorted(REDUCTION_OPS)}, got {attr!r}: {op!r}"
                     )
-        compute = cls.__dict__.get("compute")
         if compute is not None and not getattr(compute, "_distengine_reducing", False):
             cls.compute = _reducing(compute)  # type: ignore[method-assign]
+        if "_state_dict_all_req_keys" not in cls.__dict__:
+            # Ignite's name for the list of state attributes: ours, unless the class sets it.
+            cls._state_dict_all_req_keys = tuple(
+                dict.fromkeys((*cls._reductions, *cls._extra_rank_state))
+            )
 
     def __init__(
         self,
         output_transform: Callable[[Any], Any] = lambda x: x,
         device: str | torch.device = "cpu",
         skip_unrolling: bool = False,
+        metrics_result_mode: str = "both",
     ) -> None:
         if not callable(output_transform):
             raise TypeError(
-                f"output_transform must be callable, got {type(output_transform).__name__}"
+                f"Argument output_transform must be callable, got {type(output_transform).__name__}"
             )
         if not isinstance(device, (str, torch.device)):
             raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+        if metrics_result_mode not in _RESULT_MODES:
+            raise ValueError(
+                f"metrics_result_mode must be one of {list(_RESULT_MODES)}, got {metrics_result_mode!r}"
+            )
         self._output_transform = output_transform
         self._device = torch.device(device)
         self._skip_unrolling = bool(skip_unrolling)
+        self._metrics_result_mode = metrics_result_mode
         self._view_depth = 0
         self._restored = False
         self.reset()
 
     # --- the three methods a metric implements -----------------------------------------
+    @abstractmethod
     def reset(self) -> None:
         """Sets the state to "nothing seen". Called at the start of each epoch (or batch)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement reset()")
 
+    @abstractmethod
     def update(self, output: Any) -> None:
         """Adds one batch's transformed output to the state."""
-        raise NotImplementedError(f"{type(self).__name__} must implement update(output)")
 
+    @abstractmethod
     def compute(self) -> Any:
         """Returns the metric's value (reduced over all ranks at world size > 1)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
     @property
     def device(self) -> torch.device:
@@ -174,13 +264,17 @@ class Metric:
         Example:
             >>> metric.iteration_completed(engine)  # doctest: +SKIP
         """
-        output = self._output_transform(engine.state.output)
+        transform = self._output_transform
+        staged = isinstance(transform, _output.SampleTransform)
+        output = (transform.before if staged else transform)(engine.state.output)
         output = _output.select_required(output, self)
         padding = getattr(engine.state, "batch_padding", 0) or 0
         if padding:
-            output = _output.drop_padding(output, padding)
-            if output is None:
+            output, empty = _output.drop_padding(output, padding)
+            if empty and not self._updates_on_empty_batch:
                 return
+        if staged:
+            output = transform.after(output)
         if not self._skip_unrolling:
             pairs = _output.unrolled_pairs(output)
             if pairs is not None:
@@ -191,10 +285,10 @@ class Metric:
 
     def completed(self, engine: Any, name: str) -> None:
         """Computes the metric (a collective at world size > 1) and writes it to ``state.metrics``."""
-        _output.write_result(engine, name, self.compute())
+        _output.write_result(engine, name, self.compute(), self._metrics_result_mode)
 
     # --- engine attachment ----------------------------------------------------------------
-    def attach(self, engine: Any, name: str, usage: str | None = None) -> None:
+    def attach(self, engine: Any, name: str, usage: str | MetricUsage | None = None) -> None:
         """Attaches the metric to ``engine`` under ``name`` in ``engine.state.metrics``.
 
         All metrics of one engine share one reducer: their states are reduced across ranks
@@ -207,9 +301,12 @@ class Metric:
         Args:
             engine: the engine.
             name: key in ``engine.state.metrics``.
-            usage: ``"epoch_wise"`` (default: reset at ``EPOCH_STARTED``, written at
-                ``EPOCH_COMPLETED``) or ``"batch_wise"`` (reset at ``ITERATION_STARTED``,
-                written at ``ITERATION_COMPLETED``).
+            usage: a :class:`~distengine.metrics.MetricUsage` or its ``usage_name``:
+                ``"epoch_wise"`` (default: reset at ``EPOCH_STARTED``, written at
+                ``EPOCH_COMPLETED``), ``"batch_wise"`` (reset at ``ITERATION_STARTED``,
+                written at ``ITERATION_COMPLETED``), ``"running_epoch_wise"``,
+                ``"running_batch_wise"``, ``"single_epoch_running_batch_wise"``, or
+                ``BatchFiltered(every=...)``.
 
         Example:
             >>> Accuracy().attach(evaluator, "accuracy")  # doctest: +SKIP
@@ -222,7 +319,7 @@ class Metric:
             raise TypeError(f"Metric name must be a str, got {type(name).__name__}")
         reducer_of(engine, create=True).add(self, name, self._check_usage(usage))
 
-    def detach(self, engine: Any, usage: str | None = None) -> None:
+    def detach(self, engine: Any, usage: str | MetricUsage | None = None) -> None:
         """Detaches the metric (all its names for this usage) from ``engine``.
 
         Example:
@@ -237,7 +334,7 @@ class Metric:
         if reducer is not None:
             reducer.remove(self, usage)
 
-    def is_attached(self, engine: Any, usage: str | None = None) -> bool:
+    def is_attached(self, engine: Any, usage: str | MetricUsage | None = None) -> bool:
         """Whether the metric is attached to ``engine`` with ``usage``.
 
         Example:
@@ -250,30 +347,32 @@ class Metric:
         reducer = reducer_of(engine, create=False)
         return reducer is not None and reducer.has(self, usage)
 
-    def _check_usage(self, usage: str | None) -> str:
-        if usage is None:
-            return self._default_usage
-        if not isinstance(usage, str) or usage not in self._usages:
-            raise ValueError(
-                f"usage for {type(self).__name__} must be one of {list(self._usages)}, got {usage!r}"
-            )
-        return usage
+    def _check_usage(self, usage: str | MetricUsage | None) -> MetricUsage:
+        return self._default_usage() if usage is None else as_usage(usage)
 
     # --- per-rank state (checkpoints) -----------------------------------------------------
     def _state_names(self) -> tuple[str, ...]:
-        return tuple(self._reductions) + tuple(self._extra_rank_state)
+        names = (*self._reductions, *self._extra_rank_state, *self._state_dict_all_req_keys)
+        return tuple(dict.fromkeys(names))
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's (unreduced) state: the declared attributes and the extra ones.
+
+        Values may be numbers, tensors (copied to the CPU), ``None``, other metrics (their
+        own state) and lists or dicts of these.
 
         Example:
             >>> sd = metric.rank_state_dict()  # doctest: +SKIP
             >>> other.load_rank_state_dict(sd)  # doctest: +SKIP
         """
-        return {
-            key: _output.detached_copy(getattr(self, key), torch.device("cpu"))
-            for key in self._state_names()
-        }
+        state = {}
+        for key in self._state_names():
+            if key not in self.__dict__:
+                raise ValueError(
+                    f"{type(self).__name__} declares state {key!r} but has no such attribute"
+                )
+            state[key] = state_value(getattr(self, key), f"{type(self).__name__}.{key}")
+        return state
 
     def load_rank_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores a state taken by :meth:`rank_state_dict` (e.g. after a mid-epoch resume).
@@ -281,6 +380,10 @@ class Metric:
         The next reset at the start of the interrupted epoch is skipped, so the epoch's
         value covers the batches seen before and after the restart.
         """
+        self._load_rank_state(state_dict)
+        self._restored = True
+
+    def _load_rank_state(self, state_dict: Mapping[str, Any]) -> None:
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 f"{type(self).__name__}.load_rank_state_dict expects a mapping, "
@@ -293,13 +396,69 @@ class Metric:
                 f"missing {missing} (given {list(state_dict)})"
             )
         for key in self._state_names():
-            setattr(self, key, _output.detached_copy(state_dict[key], self._device))
-        self._restored = True
+            current = self.__dict__.get(key)
+            setattr(self, key, loaded_value(current, state_dict[key], self._device))
+
+    def state_dict(self) -> OrderedDict:
+        """Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
+
+        At world size > 1 the ranks' states are gathered (a collective: call it on every
+        rank). Attached metrics are already saved with the engine (``Engine.rank_state_dict``);
+        this is for a metric used on its own.
+
+        Example:
+            >>> m = Accuracy()  # doctest: +SKIP
+            >>> other.load_state_dict(m.state_dict())  # doctest: +SKIP
+        """
+        mine = self.rank_state_dict()
+        per_rank = idist.all_gather(mine) if idist.get_world_size() > 1 else [mine]
+        return OrderedDict([(_STATE_KEY, per_rank)])
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Loads this rank's entry of a :meth:`state_dict` saved at the same world size."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"Argument state_dict should be a dictionary, but given {type(state_dict).__name__}"
+            )
+        if not (len(state_dict) == 1 and _STATE_KEY in state_dict):
+            raise ValueError(
+                "Incorrect state_dict object: expected what Metric.state_dict() returns, a "
+                f"mapping with the single key {_STATE_KEY!r}, but given keys {list(state_dict)}"
+            )
+        per_rank = state_dict[_STATE_KEY]
+        world_size = idist.get_world_size()
+        if not isinstance(per_rank, Sequence) or len(per_rank) != world_size:
+            size = len(per_rank) if isinstance(per_rank, Sequence) else type(per_rank).__name__
+            raise ValueError(
+                "Incorrect state_dict object: expected a list of state dicts, one per rank "
+                f"(world size {world_size}), but got {size}"
+            )
+        self._load_rank_state(per_rank[idist.get_rank()])
+
+    # Checkpoint stores a metric through rank_state_dict (gathered on every rank), not
+    # through the collective state_dict called on the writer alone.
+    _state_dict_is_collective: ClassVar[bool] = True
 
     # --- views used by the reducer --------------------------------------------------------
+    def _leaves(self) -> list[Metric]:
+        """The metrics whose declared state ``compute`` reads: itself (a lambda: its parts)."""
+        return [self]
+
+    def _update_children(self) -> list[Metric]:
+        """Metrics the reducer updates (each once) every iteration before this one."""
+        return []
+
+    def _reduced_children(self) -> list[Metric]:
+        """Metrics reduced before this one's own update at ``EPOCH_COMPLETED`` (running_epoch_wise)."""
+        return []
+
     def _reducible_state(self) -> dict[str, Any]:
         """The declared attributes, as numbers or tensors, to be packed for the collective."""
         return {key: getattr(self, key) for key in self._reductions}
+
+    def _state_shaped(self) -> bool:
+        """For a data-shaped state: True once an update gave it its shape (same on all ranks)."""
+        return False
 
     @contextmanager
     def _state_view(self, values: Mapping[str, Any]) -> Iterator[None]:
@@ -317,5 +476,12 @@ class Metric:
 
     def _compute_local(self) -> Any:
         """``compute()`` from this rank's state only (no collective)."""
-        with self._state_view({}):
+        units = [u for u in self._leaves() if u is not self]
+        with state_views(units, None), self._state_view({}):
             return self.compute()
+
+    def __getstate__(self) -> dict:
+        return self.__dict__
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)

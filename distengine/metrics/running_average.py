@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from numbers import Number
 from typing import Any, ClassVar
@@ -10,6 +11,11 @@ import torch
 
 from distengine.metrics._output import select_required
 from distengine.metrics.metric import Metric, NotComputableError
+from distengine.metrics.usage import (
+    MetricUsage,
+    RunningBatchWise,
+    SingleEpochRunningBatchWise,
+)
 
 __all__ = ["RunningAverage"]
 
@@ -27,8 +33,11 @@ class RunningAverage(Metric):
     (a number or tensor, typically the loss). The first ``x`` sets ``v``.
 
     The value is written to ``engine.state.metrics[name]`` at every ``ITERATION_COMPLETED``.
-    It is reset at ``STARTED`` (usage ``"running"``, the default) or at each ``EPOCH_STARTED``
-    (usage ``"single_epoch_running_batch_wise"``, or ``epoch_bound=True``).
+    It is reset at ``STARTED`` (usage ``RunningBatchWise``, the default) or at each
+    ``EPOCH_STARTED`` (``SingleEpochRunningBatchWise``, or the deprecated ``epoch_bound=True``).
+    With ``RunningEpochWise``, ``src`` accumulates over a whole epoch and its epoch value
+    (reduced over all ranks, in the epoch's one collective) is folded in at
+    ``EPOCH_COMPLETED``: a running average across epochs.
 
     **Distributed behaviour.** A running average adds no collective of its own per
     iteration: during an epoch, ``state.metrics[name]`` shows **this rank's** running value
@@ -58,12 +67,7 @@ class RunningAverage(Metric):
 
     required_output_keys: ClassVar[tuple[str, ...] | None] = None
     _reductions: ClassVar[dict[str, str]] = {"_value": "sum", "_num_values": "sum"}
-    _usages: ClassVar[tuple[str, ...]] = (
-        "running",
-        "running_batch_wise",
-        "single_epoch_running_batch_wise",
-    )
-    _default_usage: ClassVar[str] = "running"
+    _default_usage: ClassVar[type[MetricUsage]] = RunningBatchWise
 
     def __init__(
         self,
@@ -78,8 +82,16 @@ class RunningAverage(Metric):
             raise TypeError(f"src must be a Metric or None, got {type(src).__name__}")
         if isinstance(alpha, bool) or not isinstance(alpha, Number) or not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
-        if epoch_bound is not None and not isinstance(epoch_bound, bool):
-            raise TypeError(f"epoch_bound must be a bool or None, got {type(epoch_bound).__name__}")
+        if epoch_bound is not None:
+            if not isinstance(epoch_bound, bool):
+                raise TypeError(
+                    f"epoch_bound must be a bool or None, got {type(epoch_bound).__name__}"
+                )
+            warnings.warn(
+                "epoch_bound is deprecated: use attach(..., usage=SingleEpochRunningBatchWise()) "
+                "for epoch_bound=True and usage=RunningBatchWise() for epoch_bound=False",
+                stacklevel=2,
+            )
         if src is not None:
             if output_transform is not None:
                 raise ValueError(
@@ -142,17 +154,24 @@ class RunningAverage(Metric):
 
     @torch.no_grad()
     def iteration_completed(self, engine: Any) -> None:
+        """Folds in ``src``'s current value (``src`` is updated by its own handler, as in
+        Ignite) or the transformed engine output."""
         if self.src is not None:
-            self.src.iteration_completed(engine)
             self.update()
         else:
             self.update(select_required(self._output_transform(engine.state.output), self))
 
-    def _check_usage(self, usage: str | None) -> str:
+    def _update_children(self) -> list[Metric]:
+        return [] if self.src is None else [self.src]
+
+    def _reduced_children(self) -> list[Metric]:
+        return [] if self.src is None else [self.src]
+
+    def _check_usage(self, usage: str | MetricUsage | None) -> MetricUsage:
         usage = super()._check_usage(usage)
         if self.epoch_bound is not None:
-            return "single_epoch_running_batch_wise" if self.epoch_bound else "running"
-        return "running" if usage == "running_batch_wise" else usage  # Ignite's name, same usage
+            return SingleEpochRunningBatchWise() if self.epoch_bound else RunningBatchWise()
+        return usage
 
     def _reducible_state(self) -> dict[str, Any]:
         return {

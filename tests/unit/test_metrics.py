@@ -95,7 +95,7 @@ def test_accuracy_agrees_with_ignite(kind):
 @pytest.mark.parametrize(
     ("output", "error", "match"),
     [
-        ((torch.rand(4, 3), torch.randint(0, 3, (4, 2))), ValueError, "incompatible shapes"),
+        ((torch.rand(4, 3), torch.randint(0, 3, (4, 2))), ValueError, "must have compatible shapes"),
         ((torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))), ValueError, r"y must have shape"),
         ((torch.tensor([0.5, 1.0]), torch.tensor([0, 1])), ValueError, "only 0s and 1s"),
         (([0, 1], torch.tensor([0, 1])), TypeError, "tensors, got list and Tensor"),
@@ -222,10 +222,13 @@ def test_running_average_rejects_bad_arguments(kwargs, error, match):
 
 # --- declared state, per-rank state ------------------------------------------------------
 def test_custom_metric_must_declare_known_ops():
-    with pytest.raises(ValueError, match=r"one of \['max', 'min', 'sum'\], got '_x': 'mean'"):
+    with pytest.raises(
+        ValueError,
+        match=r"one of \['cat', 'max', 'mean', 'min', 'prod', 'sum'\], got '_x': 'median'",
+    ):
 
         class Bad(Metric):  # noqa: F841 - the class statement itself raises
-            _reductions = {"_x": "mean"}
+            _reductions = {"_x": "median"}
 
 
 def test_compute_at_world_size_one_makes_no_collective(monkeypatch):

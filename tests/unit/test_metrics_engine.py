@@ -59,10 +59,10 @@ def test_attach_detach_is_attached_and_rank_state_registration():
 
 def test_attach_rejects_bad_usage_and_name():
     engine = _identity_engine()
-    with pytest.raises(ValueError, match=r"one of \['epoch_wise', 'batch_wise'\], got 'running'"):
-        Accuracy().attach(engine, "acc", usage="running")
-    with pytest.raises(ValueError, match="got 'epoch_wise'"):
-        RunningAverage(output_transform=lambda x: x).attach(engine, "ra", usage="epoch_wise")
+    with pytest.raises(ValueError, match=r"usage must be a MetricUsage or one of .*got 'weekly'"):
+        Accuracy().attach(engine, "acc", usage="weekly")
+    with pytest.raises(TypeError, match="usage must be a str or a MetricUsage, got int"):
+        RunningAverage(output_transform=lambda x: x).attach(engine, "ra", usage=1)
     with pytest.raises(TypeError, match="name must be a str, got int"):
         Accuracy().attach(engine, 3)
 
