@@ -176,18 +176,30 @@ class Parallel:
 
     - Under a launcher (``RANK``/``WORLD_SIZE`` set): entering initializes the process
       group, :meth:`run` calls ``fn(local_rank, *args, **kwargs)``, leaving finalizes.
+    - With ``init_method`` ``"tcp://..."``/``"file://..."`` and ``RANK``/``WORLD_SIZE``
+      (no ``MASTER_ADDR``): the same, meeting through that init method.
     - With ``nproc_per_node`` and no launcher: :meth:`run` starts the processes itself
-      through :func:`spawn`.
+      through :func:`spawn`, on this node.
     - Neither: :meth:`run` calls ``fn(0, *args, **kwargs)`` in this process.
 
     Args:
         backend: process-group backend; ``None``: ``nccl`` with CUDA, else ``gloo``.
         nproc_per_node: processes to spawn when no launcher started this one.
+        nnodes: number of nodes. Spawning covers one node; under a launcher it must
+            agree with the launcher's (``WORLD_SIZE // LOCAL_WORLD_SIZE``).
+        node_rank: index of this node (under a launcher: must agree with it).
+        master_addr: accepted for Ignite compatibility with ``nnodes=1`` (spawned ranks
+            meet on a loopback port the OS picks).
+        master_port: as ``master_addr``.
+        init_method: ``"env://"``, ``"tcp://HOST:PORT"`` or ``"file:///path"``, passed to
+            :func:`initialize` under a launcher; spawning supports only ``"env://"``.
         **spawn_kwargs: passed to :func:`spawn` (``start_method``, ``timeout``,
             ``failure_timeout``); ``timeout``/``failure_timeout`` also apply under a launcher.
 
     Raises:
-        ValueError: ``nproc_per_node`` < 1, or it contradicts the launcher's ``LOCAL_WORLD_SIZE``.
+        ValueError: ``nproc_per_node`` or ``nnodes`` < 1, ``nnodes > 1`` without a
+            launcher, arguments that contradict the launcher, or ``init_method`` other
+            than ``"env://"`` when spawning.
 
     Example:
         >>> import distengine.distributed as idist
@@ -199,33 +211,63 @@ class Parallel:
     """
 
     def __init__(
-        self, backend: str | None = None, nproc_per_node: int | None = None, **spawn_kwargs: Any
+        self,
+        backend: str | None = None,
+        nproc_per_node: int | None = None,
+        nnodes: int | None = None,
+        node_rank: int | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        init_method: str | None = None,
+        **spawn_kwargs: Any,
     ) -> None:
-        if nproc_per_node is not None and (
-            isinstance(nproc_per_node, bool)
-            or not isinstance(nproc_per_node, int)
-            or nproc_per_node < 1
-        ):
-            raise ValueError(f"nproc_per_node must be an int >= 1 or None, got {nproc_per_node!r}")
-        env = read_env()
-        if (
-            env is not None
-            and nproc_per_node is not None
-            and nproc_per_node != env.local_world_size
-        ):
-            raise ValueError(
-                f"nproc_per_node={nproc_per_node} contradicts the launcher, which started "
-                f"LOCAL_WORLD_SIZE={env.local_world_size} processes on this node"
-            )
+        for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if init_method is not None and not isinstance(init_method, str):
+            raise TypeError(f"init_method must be a str, got {type(init_method).__name__}")
+        meets = init_method is not None and not init_method.startswith("env://")
+        env = read_env() if not meets or "MASTER_ADDR" in os.environ else None
+        launched = env is not None or (meets and "RANK" in os.environ)
+        if env is not None:
+            given = (nproc_per_node, nnodes, node_rank)
+            actual = (env.local_world_size, env.nnodes, env.rank // env.local_world_size)
+            for name, value, real in zip(("nproc_per_node", "nnodes", "node_rank"), given, actual):
+                if value is not None and value != real:
+                    raise ValueError(
+                        f"{name}={value} contradicts the launcher that started this process "
+                        f"({name} is {real} there)"
+                    )
+        elif not launched:
+            if nnodes not in (None, 1) or node_rank not in (None, 0):
+                raise ValueError(
+                    f"Parallel spawns processes on this node only (nnodes=1, node_rank=0), got "
+                    f"nnodes={nnodes}, node_rank={node_rank}: start each node with torchrun "
+                    "(see launchers/) instead"
+                )
+            if nproc_per_node is not None and init_method not in (None, "env://"):
+                raise ValueError(
+                    f"spawned ranks meet through their parent's store; init_method={init_method!r} "
+                    "is supported under a launcher only (leave it None to spawn)"
+                )
         self.backend = backend
         self.nproc_per_node = nproc_per_node
+        self.nnodes = nnodes
+        self.node_rank = node_rank
+        self.master_addr = master_addr
+        self.master_port = master_port
+        self.init_method = init_method
         self.spawn_kwargs = spawn_kwargs
-        self._launched = env is not None
+        self._launched = launched
         self._initialized = False
 
     def __enter__(self) -> Parallel:
         if self._launched:
             init_kwargs = {k: v for k, v in self.spawn_kwargs.items() if k in _INIT_KWARGS}
+            if self.init_method is not None:
+                init_kwargs["init_method"] = self.init_method
             runtime.initialize(self.backend, **init_kwargs)
             self._initialized = True
         return self
