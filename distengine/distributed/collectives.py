@@ -183,8 +183,8 @@ def all_gather(tensor: Any, group: Any = None, *, same_shape: bool = False) -> A
     A tensor gives one tensor: the ranks' tensors concatenated along dim 0 in rank order
     (a 0-d tensor counts as shape ``(1,)``); ranks may pass different first-dimension
     sizes. Any other picklable object (numbers and strings included) gives a list with
-    one entry per rank. In a job of one: the tensor itself, or ``[tensor]``. A rank
-    outside ``group`` gets its own ``tensor`` back.
+    one entry per rank. In a job of one: the tensor itself (a 0-d one as shape ``(1,)``),
+    or ``[tensor]``. A rank outside ``group`` gets its own ``tensor`` back.
 
     Args:
         tensor: a tensor, number, string or other picklable object.
@@ -205,7 +205,9 @@ def all_gather(tensor: Any, group: Any = None, *, same_shape: bool = False) -> A
     rt = _group()
     if rt is None:
         groups.check_group_arg(group)
-        return tensor if isinstance(tensor, torch.Tensor) else [tensor]
+        if isinstance(tensor, torch.Tensor):
+            return tensor.reshape(1) if tensor.dim() == 0 else tensor
+        return [tensor]
     comm = groups.resolve_group(rt, group)
     if comm is None:
         return tensor
@@ -384,7 +386,7 @@ def one_rank_first(rank: int = 0, local: bool = False) -> Iterator[None]:
     size = (env.local_world_size if local else env.world_size) if env is not None else 1
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
         kind = "local rank" if local else "rank"
-        raise ValueError(f"rank must be a {kind} in [0, {size}), got {rank!r}")
+        raise ValueError(f"rank should be between 0 and {size - 1}, but given {rank!r} ({kind})")
     if env is None:
         yield
         return

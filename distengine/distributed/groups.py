@@ -41,7 +41,7 @@ def _check_ranks(ranks: Any, world_size: int | None) -> list[int]:
         or not isinstance(ranks, Sequence)
         or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
     ):
-        raise ValueError(f"ranks should be a list of int (global ranks), got {ranks!r}")
+        raise ValueError(f"Argument ranks should be list of int (global ranks), got {ranks!r}")
     bad = [r for r in ranks if r < 0 or (world_size is not None and r >= world_size)]
     if bad:
         raise ValueError(
@@ -78,7 +78,7 @@ def new_group(ranks: list[int], **kwargs: Any) -> Any:
     """
     rt = runtime.active()
     if not isinstance(ranks, list):
-        raise ValueError(f"ranks should be a list of int (global ranks), got {ranks!r}")
+        raise ValueError(f"Argument ranks should be list of int (global ranks), got {ranks!r}")
     if rt is None:
         _check_ranks(ranks, None)  # alone there is no group: any ranks go
         return ranks
@@ -117,7 +117,7 @@ def resolve_group(rt: runtime.Runtime, group: Any) -> Comm | None:
     if isinstance(group, dist.ProcessGroup):
         return Comm(rt, group, group.size(), group.rank())
     raise ValueError(
-        "group should be None, a list of int (global ranks) or a ProcessGroup from new_group, "
+        "Argument group should be list of int or ProcessGroup (from new_group), or None, "
         f"got {type(group).__name__}: {group!r}"
     )
 
@@ -130,7 +130,7 @@ def check_group_arg(group: Any) -> None:
         _check_ranks(group, None)  # alone there is no group: any ranks go
         return
     raise ValueError(
-        "group should be None, a list of int (global ranks) or a ProcessGroup from new_group, "
+        "Argument group should be list of int or ProcessGroup (from new_group), or None, "
         f"got {type(group).__name__}: {group!r}"
     )
 

@@ -198,8 +198,8 @@ class Parallel:
 
     Raises:
         ValueError: ``nproc_per_node`` or ``nnodes`` < 1, ``nnodes > 1`` without a
-            launcher, arguments that contradict the launcher, or ``init_method`` other
-            than ``"env://"`` when spawning.
+            launcher, arguments that contradict the launcher, an unknown backend, or
+            ``init_method`` other than ``"env://"`` when spawning.
 
     Example:
         >>> import distengine.distributed as idist
@@ -226,6 +226,10 @@ class Parallel:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if backend is not None and backend not in dist.Backend.backend_list:
+            raise ValueError(
+                f"Unknown backend {backend!r}. Available backends: {dist.Backend.backend_list}"
+            )
         if init_method is not None and not isinstance(init_method, str):
             raise TypeError(f"init_method must be a str, got {type(init_method).__name__}")
         meets = init_method is not None and not init_method.startswith("env://")
