@@ -5,6 +5,20 @@ from distengine.handlers.checkpoint import Checkpoint
 from distengine.handlers.csv_logger import CSVLogger
 from distengine.handlers.disk_saver import DiskSaver
 from distengine.handlers.early_stopping import EarlyStopping
+from distengine.handlers.param_scheduler import (
+    BaseParamScheduler,
+    BatchSizeScheduler,
+    ConcatScheduler,
+    CosineAnnealingScheduler,
+    CyclicalScheduler,
+    LinearCyclicalScheduler,
+    LRScheduler,
+    ParamGroupScheduler,
+    ParamScheduler,
+    PiecewiseLinear,
+    ReduceLROnPlateauScheduler,
+    create_lr_scheduler_with_warmup,
+)
 from distengine.handlers.progress import ProgressBar
 from distengine.handlers.tensorboard_logger import TensorBoardLogger
 from distengine.handlers.terminate_on_nan import TerminateOnNan
@@ -13,6 +27,18 @@ from distengine.handlers.timer import Timer
 
 __all__ = [
     "BaseLogger",
+    "BaseParamScheduler",
+    "BatchSizeScheduler",
+    "ConcatScheduler",
+    "CosineAnnealingScheduler",
+    "CyclicalScheduler",
+    "LRScheduler",
+    "LinearCyclicalScheduler",
+    "ParamGroupScheduler",
+    "ParamScheduler",
+    "PiecewiseLinear",
+    "ReduceLROnPlateauScheduler",
+    "create_lr_scheduler_with_warmup",
     "CSVLogger",
     "Checkpoint",
     "DiskSaver",
