@@ -20,6 +20,14 @@ from distengine.handlers.param_scheduler import (
     create_lr_scheduler_with_warmup,
 )
 from distengine.handlers.progress import ProgressBar
+from distengine.handlers.state_param_scheduler import (
+    ExpStateScheduler,
+    LambdaStateScheduler,
+    MultiStepStateScheduler,
+    PiecewiseLinearStateScheduler,
+    StateParamScheduler,
+    StepStateScheduler,
+)
 from distengine.handlers.tensorboard_logger import TensorBoardLogger
 from distengine.handlers.terminate_on_nan import TerminateOnNan
 from distengine.handlers.throughput import ThroughputLogger
@@ -43,6 +51,12 @@ __all__ = [
     "Checkpoint",
     "DiskSaver",
     "EarlyStopping",
+    "ExpStateScheduler",
+    "LambdaStateScheduler",
+    "MultiStepStateScheduler",
+    "PiecewiseLinearStateScheduler",
+    "StateParamScheduler",
+    "StepStateScheduler",
     "ProgressBar",
     "TensorBoardLogger",
     "TerminateOnNan",

@@ -320,3 +320,66 @@ def test_batch_size_scheduler_refuses_auto_dataloader():
     trainer.run([0] * 3, max_epochs=3)
     assert plain.batch_sampler.batch_size == 4
     assert trainer.state.param_history["batch_size"] == [2, 3, 4]
+
+
+STATE_CASES = [
+    ("PiecewiseLinearStateScheduler", dict(milestones_values=[(2, 1.0), (6, 0.2), (9, 0.5)])),
+    ("ExpStateScheduler", dict(initial_value=2.0, gamma=0.8)),
+    ("StepStateScheduler", dict(initial_value=1.0, gamma=0.5, step_size=3)),
+    ("MultiStepStateScheduler", dict(initial_value=1.0, gamma=0.1, milestones=[2, 5, 7])),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), STATE_CASES, ids=[c[0] for c in STATE_CASES])
+def test_state_schedulers_equal_ignite_and_resume_with_the_engine(cls, kwargs):
+    import ignite.handlers.state_param_scheduler as ig_state
+
+    import distengine.handlers as handlers
+
+    ours = getattr(handlers, cls).simulate_values(12, param_name="w", **kwargs)
+    theirs = getattr(ig_state, cls).simulate_values(12, param_name="w", **kwargs)
+    assert ours == theirs
+
+    def make():
+        engine = Engine(lambda e, b: seen.append(e.state.w))  # reads the value set last time
+        scheduler = getattr(handlers, cls)(param_name="w", create_new=True, **kwargs)
+        scheduler.attach(engine)
+        return engine, scheduler
+
+    seen = []
+    engine, _ = make()
+    engine.run([0] * 5, max_epochs=2)
+    reference = list(seen)
+
+    seen = []
+    engine, scheduler = make()
+    saved = []
+
+    def crash(e):  # save as a Checkpoint handler would, then die
+        saved.extend(copy.deepcopy((e.state_dict(), scheduler.state_dict())))
+        raise RuntimeError("crash")
+
+    engine.add_event_handler(Events.ITERATION_COMPLETED(once=6), crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        engine.run([0] * 5, max_epochs=2)
+    assert saved[0]["w"] == engine.state.w == reference[6]  # the value travels with the engine
+
+    seen = []
+    engine, scheduler = make()
+    engine.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    engine.run([0] * 5, max_epochs=2)
+    assert seen == reference[6:]
+
+
+def test_state_scheduler_attach_rules():
+    import distengine.handlers as handlers
+
+    engine = Engine(lambda e, b: None)
+    engine.state.w = 1.0
+    with pytest.raises(ValueError, match="already exists"):
+        handlers.ExpStateScheduler(1.0, 0.5, param_name="w", create_new=True).attach(engine)
+    with pytest.warns(UserWarning, match="will create it"):
+        handlers.ExpStateScheduler(1.0, 0.5, param_name="v").attach(engine)
+    with pytest.raises(ValueError, match="callable"):
+        handlers.LambdaStateScheduler(3, param_name="x")

@@ -151,7 +151,7 @@ class BaseParamScheduler(ABC):
             import matplotlib.pyplot as plt
         except ImportError:
             raise ModuleNotFoundError(
-                "plot_values requires matplotlib: pip install matplotlib"
+                "This method requires matplotlib to be installed: pip install matplotlib"
             ) from None
         values = cls.simulate_values(num_events=num_events, **scheduler_kwargs)
         label = scheduler_kwargs.get("param_name", "learning rate")
