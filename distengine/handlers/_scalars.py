@@ -132,6 +132,26 @@ def check_metric_names(metric_names: Any) -> list[str] | str | None:
     )
 
 
+def check_state_attributes(state_attributes: Any) -> list[str] | None:
+    """Validate ``state_attributes``: None or a list of attribute names.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if state_attributes is None:
+        return None
+    if (
+        isinstance(state_attributes, Sequence)
+        and not isinstance(state_attributes, str)
+        and all(isinstance(n, str) for n in state_attributes)
+    ):
+        return list(state_attributes)
+    raise TypeError(
+        f"state_attributes should be None or a list of engine.state attribute names (str), "
+        f"got {state_attributes!r}"
+    )
+
+
 def collect(
     engine: Any,
     metric_names: list[str] | str | None,
@@ -139,8 +159,9 @@ def collect(
     *,
     separator: str = "/",
     allow_text: bool = False,
+    state_attributes: list[str] | None = None,
 ) -> dict[str, float | int | str]:
-    """Gather the chosen metrics of ``engine.state.metrics`` and the transformed output.
+    """Gather the chosen metrics of ``engine.state.metrics``, the transformed output and state attributes.
 
     Args:
         engine: the engine whose state is read.
@@ -150,9 +171,11 @@ def collect(
             or to a ``{name: value}`` dict; None logs no output.
         separator: see :func:`to_scalars`.
         allow_text: see :func:`to_scalars`.
+        state_attributes: names of ``engine.state`` attributes to add (a missing one is
+            skipped with a warning).
 
     Returns:
-        A flat ``{name: scalar}`` dict, metrics first.
+        A flat ``{name: scalar}`` dict: metrics, then the output, then state attributes.
     """
     values: dict[str, Any] = {}
     metrics = engine.state.metrics
@@ -170,6 +193,11 @@ def collect(
     if output_transform is not None:
         out = output_transform(engine.state.output)
         values.update(out if isinstance(out, Mapping) else {"output": out})
+    for name in state_attributes or ():
+        if not hasattr(engine.state, name):
+            warnings.warn(f"engine.state has no attribute {name!r}", stacklevel=3)
+            continue
+        values[name] = getattr(engine.state, name)
     flat: dict[str, float | int | str] = {}
     for name, value in values.items():
         flat.update(to_scalars(str(name), value, separator=separator, allow_text=allow_text))
