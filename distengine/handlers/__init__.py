@@ -20,6 +20,13 @@ from distengine.handlers.param_scheduler import (
     create_lr_scheduler_with_warmup,
 )
 from distengine.handlers.progress import ProgressBar
+from distengine.handlers.scalar_logger import (
+    GradsScalarHandler,
+    OptimizerParamsHandler,
+    OutputHandler,
+    ScalarLogger,
+    WeightsScalarHandler,
+)
 from distengine.handlers.state_param_scheduler import (
     ExpStateScheduler,
     LambdaStateScheduler,
@@ -28,7 +35,7 @@ from distengine.handlers.state_param_scheduler import (
     StateParamScheduler,
     StepStateScheduler,
 )
-from distengine.handlers.tensorboard_logger import TensorBoardLogger
+from distengine.handlers.tensorboard_logger import TensorBoardLogger, TensorboardLogger
 from distengine.handlers.terminate_on_nan import TerminateOnNan
 from distengine.handlers.throughput import ThroughputLogger
 from distengine.handlers.timer import Timer
@@ -51,6 +58,11 @@ __all__ = [
     "Checkpoint",
     "DiskSaver",
     "EarlyStopping",
+    "GradsScalarHandler",
+    "OptimizerParamsHandler",
+    "OutputHandler",
+    "ScalarLogger",
+    "WeightsScalarHandler",
     "ExpStateScheduler",
     "LambdaStateScheduler",
     "MultiStepStateScheduler",
@@ -59,6 +71,7 @@ __all__ = [
     "StepStateScheduler",
     "ProgressBar",
     "TensorBoardLogger",
+    "TensorboardLogger",
     "TerminateOnNan",
     "ThroughputLogger",
     "Timer",
