@@ -38,6 +38,7 @@ from distengine.handlers.state_param_scheduler import (
 from distengine.handlers.tensorboard_logger import TensorBoardLogger, TensorboardLogger
 from distengine.handlers.terminate_on_nan import TerminateOnNan
 from distengine.handlers.throughput import ThroughputLogger
+from distengine.handlers.time_limit import TimeLimit
 from distengine.handlers.timer import Timer
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "TensorboardLogger",
     "TerminateOnNan",
     "ThroughputLogger",
+    "TimeLimit",
     "Timer",
     "global_step_from_engine",
 ]
