@@ -24,7 +24,12 @@ import torch
 
 import distengine.distributed as idist
 from distengine.engine import Engine, EventsList
-from distengine.handlers._scalars import event_counter, flatten, gather
+from distengine.handlers._scalars import EVENT_ORDER, event_counter, flatten, gather
+from distengine.handlers._scalars import event_name as event_name_of
+
+STANDARD_EVENTS = frozenset(
+    (*EVENT_ORDER, "GET_BATCH_STARTED", "GET_BATCH_COMPLETED", "TERMINATE", "INTERRUPT")
+)
 
 __all__ = [
     "BaseHandler",
@@ -37,17 +42,38 @@ __all__ = [
 ]
 
 
+def _counter_value(state: Any, event_name: Any, fallback_attr: str | None = None) -> int:
+    """The counter an event is counted by on ``state`` (its registered one for a custom event).
+
+    An event with no counter gives ``state.<fallback_attr>`` (when given).
+    """
+    try:
+        return state.get_event_attrib_value(event_name)
+    except (KeyError, ValueError):
+        pass
+    if fallback_attr is not None and event_name_of(event_name) not in STANDARD_EVENTS:
+        return getattr(state, fallback_attr)
+    return getattr(state, event_counter(event_name))  # a filtered standard event
+
+
 class _StepFromEngine:
     """Callable ``(engine, event_name) -> step`` that reads another engine's counters."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, custom_event_name: Any = None, fallback_attr: str = "epoch"
+    ) -> None:
         self.engine = engine
+        self.custom_event_name = custom_event_name
+        self.fallback_attr = fallback_attr
 
     def __call__(self, engine: Engine, event_name: Any) -> int:
-        return getattr(self.engine.state, event_counter(event_name))
+        event = self.custom_event_name if self.custom_event_name is not None else event_name
+        return _counter_value(self.engine.state, event, self.fallback_attr)
 
 
-def global_step_from_engine(engine: Engine) -> Callable[[Engine, Any], int]:
+def global_step_from_engine(
+    engine: Engine, custom_event_name: Any = None, fallback_attr: str = "epoch"
+) -> Callable[[Engine, Any], int]:
     """Label logged values with another engine's counters (usually the trainer's).
 
     Pass the result as ``global_step_transform`` when logging an evaluator: the step is
@@ -56,6 +82,10 @@ def global_step_from_engine(engine: Engine) -> Callable[[Engine, Any], int]:
 
     Args:
         engine: the engine whose ``state`` gives the step.
+        custom_event_name: take the counter of this event instead of the logged one
+            (e.g. ``Events.ITERATION_COMPLETED`` to label epoch-end values by iteration).
+        fallback_attr: the ``engine.state`` attribute used for an event without a
+            counter (a custom event registered without ``event_to_attr``).
 
     Returns:
         A ``(engine, event_name) -> int`` callable.
@@ -67,7 +97,9 @@ def global_step_from_engine(engine: Engine) -> Callable[[Engine, Any], int]:
     """
     if not isinstance(engine, Engine):
         raise TypeError(f"engine should be an Engine, got {type(engine).__name__}")
-    return _StepFromEngine(engine)
+    if not isinstance(fallback_attr, str):
+        raise TypeError(f"fallback_attr should be a str, got {type(fallback_attr).__name__}")
+    return _StepFromEngine(engine, custom_event_name, fallback_attr)
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -165,10 +197,7 @@ class BaseOutputHandler(BaseHandler):
 
 def _default_step(engine: Engine, event_name: Any) -> int:
     """The engine's counter of ``event_name`` (its registered one for a custom event)."""
-    try:
-        return engine.state.get_event_attrib_value(event_name)
-    except (KeyError, ValueError):  # a filtered wrapper of a standard event
-        return getattr(engine.state, event_counter(event_name))
+    return _counter_value(engine.state, event_name)
 
 
 class BaseOptimizerParamsHandler(BaseHandler):

@@ -227,3 +227,17 @@ def test_base_logger_calls_custom_handlers_per_event_of_an_events_list():
     assert calls == [(True, "STARTED", 7), (True, "COMPLETED", 7)] and len(handles) == 2
     with pytest.raises(RuntimeError, match="Unknown event name"):
         logger.attach(trainer, lambda *a: None, "not_an_event")
+
+
+def test_global_step_from_engine_options():
+    trainer = Engine(lambda e, b: None)
+    trainer.state.iteration, trainer.state.epoch = 12, 3
+    evaluator = Engine(lambda e, b: None)
+    assert global_step_from_engine(trainer)(evaluator, Events.COMPLETED) == 3
+    assert global_step_from_engine(trainer)(evaluator, Events.ITERATION_COMPLETED(every=5)) == 12
+    by_iteration = global_step_from_engine(trainer, custom_event_name=Events.ITERATION_COMPLETED)
+    assert by_iteration(evaluator, Events.EPOCH_COMPLETED) == 12
+    assert global_step_from_engine(trainer)(evaluator, "custom_event") == 3  # no counter: epoch
+    assert global_step_from_engine(trainer, fallback_attr="iteration")(evaluator, "custom") == 12
+    with pytest.raises(TypeError, match="fallback_attr"):
+        global_step_from_engine(trainer, fallback_attr=1)
