@@ -291,19 +291,19 @@ def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
     """Rank ``src``'s ``tensor`` on every rank; ``tensor`` itself in a job of one.
 
     Without ``safe_mode`` every rank passes the same kind: tensors of the same shape and
-    dtype (filled in place and returned), or picklable objects (the value of non-``src``
-    ranks is ignored). With ``safe_mode=True`` the other ranks may pass anything,
-    ``None`` included: a tensor from ``src`` arrives in a new tensor on
-    :func:`device` (one more small collective tells its shape and dtype).
+    dtype (filled in place and returned), or picklable objects, ``None`` included (the
+    value of non-``src`` ranks is ignored). With ``safe_mode=True`` the other ranks may
+    pass anything, ``None`` included, whatever ``src`` sends: a tensor from ``src``
+    arrives in a new tensor on :func:`device` (one more small collective tells its shape
+    and dtype).
 
     Args:
-        tensor: a tensor or a picklable object; not ``None`` on ``src``.
+        tensor: a tensor or a picklable object.
         src: the rank whose value wins.
         safe_mode: let non-``src`` ranks pass a placeholder of any kind, or ``None``.
 
     Raises:
-        ValueError: ``src`` is not a valid rank, ``None`` on ``src``, or ``None`` on
-            another rank without ``safe_mode``.
+        ValueError: ``src`` is not a valid rank.
 
     Example:
         >>> import distengine.distributed as idist
@@ -315,18 +315,9 @@ def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
     world = rt.env.world_size if rt is not None else 1
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world:
         raise ValueError(f"src must be a rank in [0, {world}), got {src!r}")
-    is_src = rt is None or rt.env.rank == src
-    if tensor is None:
-        if is_src:
-            raise ValueError(
-                f"broadcast: the source rank ({src}) passed None; it must pass the value"
-            )
-        if not safe_mode:
-            raise ValueError(
-                "broadcast: a non-source rank passed None; pass safe_mode=True to allow placeholders"
-            )
     if rt is None:
         return tensor
+    is_src = rt.env.rank == src
     dev = _comm_device(rt)
     if safe_mode:
         kind = (

@@ -96,12 +96,9 @@ def _check_ops_and_groups(local_rank: int, world: int) -> str:
             f"from {src}"
         )
         assert idist.broadcast(3.25 if r == src else 0.0, src=src) == 3.25
-    if r == 0:
-        with pytest.raises(ValueError, match="source rank \\(0\\) passed None"):
-            idist.broadcast(None, src=0)
-    else:
-        with pytest.raises(ValueError, match="safe_mode=True"):
-            idist.broadcast(None, src=0)
+    # objects, None included: the non-source ranks' values are ignored
+    assert idist.broadcast(None if r == 0 else "ignored", src=0) is None
+    assert idist.broadcast({"k": r}, src=world - 1) == {"k": world - 1}
 
     # one_rank_only, plain and as an engine handler, with and without barrier
     for barrier in (False, True):
@@ -143,8 +140,7 @@ def test_alone_the_same_calls_are_no_ops(caplog):
     assert idist.all_gather("x", group=[0]) == ["x"]
     assert idist.all_gather_tensors_with_shapes(t, [[1]], group=[0]) == [t]
     assert idist.broadcast(t, safe_mode=True) is t
-    with pytest.raises(ValueError, match="source rank"):
-        idist.broadcast(None, safe_mode=True)
+    assert idist.broadcast(None) is None
     assert idist.new_group([0, 1]) == [0, 1]  # Ignite: the list itself without a group
     with pytest.raises(ValueError, match="ranks should be list of int"):
         idist.new_group(1)
