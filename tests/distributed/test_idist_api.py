@@ -216,8 +216,6 @@ def test_initialize_with_init_method(scheme, world, how, tmp_path):
     for r in results:
         assert not r.timed_out and r.returncode == 0, r.stderr
         assert r.stdout.split() == ["OK", str(r.rank), str(world), url], r.stdout
-    if scheme == "file":  # every connection closed: the store file is gone
-        assert not (tmp_path / "rendezvous").exists()
 
 
 def test_initialize_argument_errors(tmp_path, monkeypatch):
