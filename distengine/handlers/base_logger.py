@@ -47,10 +47,8 @@ def _counter_value(state: Any, event_name: Any, fallback_attr: str | None = None
 
     An event with no counter gives ``state.<fallback_attr>`` (when given).
     """
-    try:
+    if event_name in state.event_to_attr:
         return state.get_event_attrib_value(event_name)
-    except (KeyError, ValueError):
-        pass
     if fallback_attr is not None and event_name_of(event_name) not in STANDARD_EVENTS:
         return getattr(state, fallback_attr)
     return getattr(state, event_counter(event_name))  # a filtered standard event
