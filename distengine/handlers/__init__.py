@@ -1,4 +1,4 @@
-"""Rank-aware handlers: checkpoints, progress, early stopping, timing, NaN guard, loggers."""
+"""Rank-aware handlers: checkpoints, parameter schedulers, progress, early stopping, timing, time limit, NaN guard, loggers."""
 
 from distengine.handlers.base_logger import BaseLogger, global_step_from_engine
 from distengine.handlers.checkpoint import Checkpoint
