@@ -13,7 +13,7 @@ Example:
 
 from .base import BaseParamScheduler, ParamScheduler
 from .batch_size import BatchSizeScheduler
-from .composite import ConcatScheduler, ParamGroupScheduler, create_lr_scheduler_with_warmup
+from .composite import ConcatScheduler, ParamGroupScheduler
 from .shapes import (
     CosineAnnealingScheduler,
     CyclicalScheduler,
@@ -21,6 +21,7 @@ from .shapes import (
     PiecewiseLinear,
 )
 from .torch_schedulers import LRScheduler, ReduceLROnPlateauScheduler
+from .warmup import create_lr_scheduler_with_warmup
 
 __all__ = [
     "BaseParamScheduler",
