@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 import distengine.distributed as idist
 from distengine.engine import Engine, Events
@@ -29,7 +30,7 @@ _UNKNOWN_TOTAL_FORMAT = "{desc}[{n_fmt}/?]{postfix} [{elapsed}]"
 
 
 class ProgressBar:
-    """A tqdm progress bar that shows the position in the epoch, the rate and chosen values.
+    """A tqdm progress bar that shows the position in the epoch and chosen values.
 
     Only the main process (``idist.is_main_process()``) draws: on other ranks ``attach``
     registers nothing and ``log_message`` prints nothing, so a 2-rank job shows one bar.
@@ -48,6 +49,11 @@ class ProgressBar:
             values and the elapsed and remaining time.
         **tqdm_kwargs: passed to ``tqdm`` (e.g. ``file``, ``desc``, ``ncols``, ``mininterval``).
 
+    In a Jupyter notebook the bar is tqdm's notebook widget (``tqdm.autonotebook``).
+
+    Raises:
+        ModuleNotFoundError: tqdm cannot be imported.
+
     Example:
         >>> pbar = ProgressBar(persist=True)
         >>> pbar.attach(trainer, metric_names=["loss"], output_transform=lambda out: {"batch": out})
@@ -65,6 +71,13 @@ class ProgressBar:
         self.persist = persist
         self.bar_format = bar_format
         self.tqdm_kwargs = tqdm_kwargs
+        try:
+            from tqdm.autonotebook import tqdm as bar_class
+        except ImportError:
+            raise ModuleNotFoundError(
+                "This submodule requires tqdm to be installed: pip install tqdm"
+            ) from None
+        self._bar_class = bar_class
         self.pbar: tqdm | None = None
         # Value of the bar's counter (iteration or epoch) when the current bar's span began
         # (run start or previous close); gives the position while the total is unknown.
@@ -78,7 +91,7 @@ class ProgressBar:
             >>> pbar.log_message(f"epoch {trainer.state.epoch}: val acc {acc:.3f}")
         """
         if idist.is_main_process():
-            tqdm.write(message, file=self.tqdm_kwargs.get("file"))
+            self._bar_class.write(message, file=self.tqdm_kwargs.get("file"))
 
     def attach(
         self,
@@ -181,7 +194,7 @@ class ProgressBar:
             if total is None and bar_format == _DEFAULT_BAR_FORMAT:
                 bar_format = _UNKNOWN_TOTAL_FORMAT
             # The first frame already shows this event's position, description and values.
-            self.pbar = tqdm(
+            self.pbar = self._bar_class(
                 total=total,
                 initial=position,
                 desc=f"{desc}: ",  # as set_description writes it
