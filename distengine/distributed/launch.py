@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -88,6 +88,31 @@ def _root_cause(keys: dist.Store, exc: Exception, pids: list[int]) -> Exception:
     return mp.ProcessRaisedException(msg, record.rank, pids[record.rank])
 
 
+def _ignite_order(
+    backend: str, fn: Any, args: Any, kwargs_dict: Any, start_method: str, kwargs: dict[str, Any]
+) -> list[Any]:
+    """``spawn(backend, fn, args, kwargs_dict=None, nproc_per_node=1, **kwargs)``, Ignite's order."""
+    nproc = kwargs.pop("nproc_per_node", 1)
+    nnodes, node_rank = kwargs.pop("nnodes", None), kwargs.pop("node_rank", None)
+    if nnodes not in (None, 1) or node_rank not in (None, 0):
+        raise ValueError(
+            f"spawn starts processes on this node only (nnodes=1, node_rank=0), got nnodes={nnodes}, "
+            f"node_rank={node_rank}: start each node with torchrun (see launchers/) instead"
+        )
+    kwargs.pop("master_addr", None)  # one node: the ranks meet on a loopback port the OS picks
+    kwargs.pop("master_port", None)
+    init_method = kwargs.pop("init_method", None)
+    if init_method not in (None, "env://"):
+        raise ValueError(
+            f"spawned ranks meet through their parent's store; init_method={init_method!r} is "
+            "supported under a launcher only (idist.initialize)"
+        )
+    if kwargs_dict is not None and not isinstance(kwargs_dict, Mapping):
+        raise TypeError(f"kwargs_dict must be a dict, got {type(kwargs_dict).__name__}")
+    target = functools.partial(fn, **kwargs_dict) if kwargs_dict else fn
+    return spawn(target, nproc, backend, args, start_method=start_method, **kwargs)
+
+
 def spawn(
     fn: Callable[..., Any],
     nprocs: int,
@@ -98,6 +123,9 @@ def spawn(
     **init_kwargs: Any,
 ) -> list[Any]:
     """Runs ``fn(local_rank, *args)`` on ``nprocs`` local processes over loopback.
+
+    Ignite's argument order works too: ``spawn("gloo", fn, args=(...), kwargs_dict={...},
+    nproc_per_node=4)`` (one node; ``init_method`` ``None`` or ``"env://"``).
 
     Each process gets the launcher variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT``), initializes the
@@ -121,7 +149,8 @@ def spawn(
     Raises:
         torch.multiprocessing.ProcessRaisedException: a rank raised (its traceback inside).
         torch.multiprocessing.ProcessExitedException: a rank died without an exception.
-        ValueError: ``nprocs`` < 1 or an unknown keyword.
+        ValueError: ``nprocs`` < 1 or an unknown keyword; in Ignite's order, more than
+            one node or an ``init_method`` other than ``"env://"``.
         TypeError: ``fn`` is not callable or ``args`` is not a sequence.
 
     Example:
@@ -131,6 +160,13 @@ def spawn(
         >>> idist.spawn(job, 2)  # doctest: +SKIP
         [3, 3]
     """
+    if isinstance(fn, str) and callable(nprocs):  # Ignite's order: (backend, fn, args, kwargs_dict)
+        if isinstance(backend, (tuple, list)):  # args given third, by position
+            ignite_args, kwargs_dict = backend, (args if isinstance(args, Mapping) else None)
+        else:
+            ignite_args, kwargs_dict = args, None
+        kwargs_dict = init_kwargs.pop("kwargs_dict", kwargs_dict)
+        return _ignite_order(fn, nprocs, ignite_args, kwargs_dict, start_method, init_kwargs)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:

@@ -263,3 +263,20 @@ def test_parallel_checks_its_arguments(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "1234")
     with pytest.raises(ValueError, match=r"nnodes=2 contradicts the launcher .*nnodes is 1"):
         idist.Parallel(backend="gloo", nnodes=2)
+
+
+def _ignite_style(local_rank: int, a: int, b: int, d: int = 0) -> tuple:
+    return (local_rank, idist.get_world_size(), a + b, d)
+
+
+def test_spawn_takes_ignite_argument_order():
+    expected = [(r, 2, 3, 4) for r in range(2)]
+    assert idist.spawn("gloo", _ignite_style, (1, 2), {"d": 4}, nproc_per_node=2) == expected
+    assert (
+        idist.spawn("gloo", _ignite_style, args=(1, 2), kwargs_dict={"d": 4}, nproc_per_node=2)
+        == expected
+    )
+    with pytest.raises(ValueError, match="this node only"):
+        idist.spawn("gloo", _ignite_style, args=(1, 2), nproc_per_node=1, nnodes=2, node_rank=1)
+    with pytest.raises(ValueError, match="supported under a launcher only"):
+        idist.spawn("gloo", _ignite_style, args=(1, 2), init_method="file:///tmp/x")
