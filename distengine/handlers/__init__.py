@@ -5,6 +5,7 @@ from distengine.handlers.checkpoint import Checkpoint
 from distengine.handlers.csv_logger import CSVLogger
 from distengine.handlers.disk_saver import DiskSaver
 from distengine.handlers.early_stopping import EarlyStopping
+from distengine.handlers.ema_handler import EMAHandler
 from distengine.handlers.param_scheduler import (
     BaseParamScheduler,
     BatchSizeScheduler,
@@ -58,6 +59,7 @@ __all__ = [
     "CSVLogger",
     "Checkpoint",
     "DiskSaver",
+    "EMAHandler",
     "EarlyStopping",
     "GradsScalarHandler",
     "OptimizerParamsHandler",
