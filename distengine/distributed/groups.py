@@ -19,10 +19,6 @@ from . import runtime
 
 __all__ = ["Comm", "new_group", "resolve_group"]
 
-# (runtime, sorted ranks) -> process group; reset whenever the runtime changes.
-_cache: dict[tuple[int, ...], Any] = {}
-_cache_owner: runtime.Runtime | None = None
-
 
 @dataclass(frozen=True)
 class Comm:
@@ -86,15 +82,12 @@ def new_group(ranks: list[int], **kwargs: Any) -> Any:
 
 
 def _cached_group(rt: runtime.Runtime, members: list[int]) -> Any:
-    global _cache_owner
-    if _cache_owner is not rt:
-        _cache.clear()
-        _cache_owner = rt
+    """The group of ``members``, made once per runtime (kept in ``rt.subgroups``, released at finalize)."""
     key = tuple(members)
-    if key not in _cache:
+    if key not in rt.subgroups:
         # Only the members call this (the others returned before), hence local sync.
-        _cache[key] = dist.new_group(ranks=members, use_local_synchronization=True)
-    return _cache[key]
+        rt.subgroups[key] = dist.new_group(ranks=members, use_local_synchronization=True)
+    return rt.subgroups[key]
 
 
 def resolve_group(rt: runtime.Runtime, group: Any) -> Comm | None:

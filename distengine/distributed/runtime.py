@@ -19,6 +19,7 @@ import dataclasses
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -75,7 +76,10 @@ class Runtime:
     watchdog: FailureWatchdog | None = None
     watch_store: dist.Store | None = None
     pid: int = field(default_factory=os.getpid)
-    group: Any = None  # the default process group, to notice when an adopted one is destroyed
+    # weak reference to the default group, to notice when an adopted one is destroyed (a
+    # strong one would keep gloo's threads alive past the group's end: abort at exit)
+    world_ref: Any = None
+    subgroups: dict = field(default_factory=dict)  # groups made from rank lists (groups.py)
     init_method: str = "env://"
     failed: bool = False
     previous_excepthook: Any = None
@@ -106,7 +110,7 @@ def active() -> Runtime | None:
     """
     rt = _runtime
     if rt is not None and rt.pid == os.getpid():
-        if rt.owns_group or rt.group is dist.GroupMember.WORLD:
+        if rt.owns_group or _adopted_alive(rt):
             return rt
         _forget_adopted(rt)  # the user destroyed the group they had created
     if _finalized or _in_worker() or (read_env() is None and not dist.is_initialized()):
@@ -293,7 +297,7 @@ def initialize(
             base_store=base,
             owns_group=owns_group,
             cpu_group=cpu_group,
-            group=dist.GroupMember.WORLD,
+            world_ref=weakref.ref(dist.GroupMember.WORLD),
             init_method=meet.init_method if meet is not None else "env://",
         )
         if env.world_size > 1:
@@ -315,6 +319,12 @@ def initialize(
             _atexit_registered = True
 
 
+def _adopted_alive(rt: Runtime) -> bool:
+    """Whether the default group is still the one ``rt`` adopted."""
+    world = dist.GroupMember.WORLD
+    return world is not None and rt.world_ref is not None and rt.world_ref() is world
+
+
 def _forget_adopted(rt: Runtime) -> None:
     """Drops the runtime of a group the user created and has destroyed since (no teardown of ours)."""
     global _runtime
@@ -327,6 +337,7 @@ def _forget_adopted(rt: Runtime) -> None:
         if sys.excepthook is _excepthook:
             sys.excepthook = rt.previous_excepthook or sys.__excepthook__
         rt.cpu_group = None
+        rt.subgroups.clear()
         rt.watch_store = rt.keys = rt.store = rt.base_store = None  # type: ignore[assignment]
 
 
@@ -336,7 +347,7 @@ def resync() -> None:
     with _LOCK:
         rt = _runtime
         if rt is not None and rt.pid == os.getpid() and not rt.owns_group:
-            if rt.group is not dist.GroupMember.WORLD:
+            if not _adopted_alive(rt):
                 _forget_adopted(rt)
         if _runtime is None and dist.is_initialized() and not _in_worker():
             _finalized = False
@@ -443,6 +454,7 @@ def finalize() -> None:
         if rt.failed:
             return
         release_ddp_modules()
+        rt.subgroups.clear()  # like the DDP modules: no reference may outlive the groups
         if rt.env.world_size > 1:
             _close_handshake(rt)
         if rt.watchdog is not None:

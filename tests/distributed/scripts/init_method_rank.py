@@ -4,9 +4,12 @@ Environment: INIT_METHOD (the URL), HOW ("args": rank and world size as argument
 from RANK/WORLD_SIZE), ARG_RANK, ARG_WORLD. Prints ``OK rank world init_method``.
 """
 
+import gc
 import os
+import weakref
 
 import torch
+import torch.distributed as dist
 
 import distengine.distributed as idist
 
@@ -25,8 +28,14 @@ def main() -> None:
     assert idist.all_gather(f"r{rank}") == [f"r{k}" for k in range(world)]
     assert idist.agree_flags(1 << rank) == (1 << world) - 1
     idist.rendezvous_check("init_method/1", timeout=30)  # distengine's keys live in that store
+    if world > 1:  # a sub-group made from a rank list, released with the rest
+        assert idist.all_reduce(torch.ones(1), group=[0, 1]).item() == (2.0 if rank < 2 else 1.0)
+    world_group = weakref.ref(dist.GroupMember.WORLD)
     idist.finalize()
     assert idist.get_world_size() == 1
+    gc.collect()
+    # Nothing of distengine's keeps the group alive (gloo's threads would abort the exit).
+    assert world_group() is None, "the process group outlives finalize()"
     print(f"OK {rank} {world} {url}", flush=True)
 
 
