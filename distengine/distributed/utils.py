@@ -1,8 +1,8 @@
 """The rest of Ignite's ``idist`` helpers, under Ignite's module path ``distributed.utils``.
 
 Support flags, configuration queries for logs, handler decorators and the explicit
-re-synchronisation. Every public ``idist`` name can also be imported from here, as from
-``ignite.distributed.utils``.
+re-synchronisation. The names Ignite defines in ``ignite.distributed.utils`` (collectives,
+queries, ``spawn``, ``initialize``...) can be imported from here too.
 """
 
 from __future__ import annotations

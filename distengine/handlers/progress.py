@@ -132,7 +132,8 @@ class ProgressBar:
         state_attributes = check_state_attributes(state_attributes)
         if not engine.has_registered_events(event_name):
             raise ValueError(
-                f"Logging event {name_of(event_name)} is not in allowed events for this engine"
+                f"Logging event {getattr(event_name, 'name', event_name)} is not in allowed "
+                "events for this engine"
             )
         if output_transform is not None and not callable(output_transform):
             raise TypeError(
