@@ -344,9 +344,8 @@ class Engine(EventRegistry):
         except StopIteration:
             self._internal_run_generator = None
         except BaseException:
-            self._internal_run_generator = (
-                None  # the loop ended with the exception: a later run() continues
-            )
+            # the loop ended with the exception: a later run() continues the run
+            self._internal_run_generator = None
             raise
         if self.state.preempted:
             raise Preempted(self._preempt_signal, self.state.iteration)
@@ -430,9 +429,9 @@ class Engine(EventRegistry):
         s = self.state
         if data is None and epoch_length is None and s.epoch_length is None:
             raise ValueError("epoch_length should be provided if data is None")
-        if epoch_length is None:
-            epoch_length = self._pos.data.length if data is None else data_length(data)
-            if epoch_length is None and data is None:
+        if epoch_length is None:  # the data's length, else the state's (as Ignite)
+            epoch_length = data_length(data) if data is not None else None
+            if epoch_length is None:
                 epoch_length = s.epoch_length
         if epoch_length is not None and epoch_length < 1:
             raise ValueError(
