@@ -13,28 +13,52 @@ Example:
 """
 
 from .agreement import agree_flags, check_in_sync, rendezvous_check
-from .collectives import all_gather, all_reduce, barrier, broadcast, one_rank_first
+from .collectives import (
+    all_gather,
+    all_gather_tensors_with_shapes,
+    all_reduce,
+    barrier,
+    broadcast,
+    one_rank_first,
+)
+from .groups import new_group
 from .launch import Parallel, spawn
 from .queries import (
     backend,
     device,
     get_local_rank,
     get_nnodes,
+    get_node_rank,
+    get_nproc_per_node,
     get_rank,
     get_world_size,
     is_main_process,
+    model_name,
 )
 from .runtime import finalize, initialize, notify_failure
+from .utils import (
+    available_backends,
+    has_hvd_support,
+    has_native_dist_support,
+    has_xla_support,
+    hostname,
+    one_rank_only,
+    set_local_rank,
+    show_config,
+    sync,
+)
 from .wrapping import auto_model, auto_optim
 
 __all__ = [
     "Parallel",
     "agree_flags",
     "all_gather",
+    "all_gather_tensors_with_shapes",
     "all_reduce",
     "auto_dataloader",
     "auto_model",
     "auto_optim",
+    "available_backends",
     "backend",
     "barrier",
     "broadcast",
@@ -43,14 +67,26 @@ __all__ = [
     "finalize",
     "get_local_rank",
     "get_nnodes",
+    "get_node_rank",
+    "get_nproc_per_node",
     "get_rank",
     "get_world_size",
+    "has_hvd_support",
+    "has_native_dist_support",
+    "has_xla_support",
+    "hostname",
     "initialize",
     "is_main_process",
+    "model_name",
+    "new_group",
     "notify_failure",
     "one_rank_first",
+    "one_rank_only",
     "rendezvous_check",
+    "set_local_rank",
+    "show_config",
     "spawn",
+    "sync",
 ]
 
 from .auto_data import auto_dataloader  # noqa: E402  (last: it imports distengine.data and engine)

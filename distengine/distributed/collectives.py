@@ -7,25 +7,37 @@ under NCCL), so they cost no GPU synchronisation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from . import runtime
+from . import groups, runtime
 
-__all__ = ["all_gather", "all_reduce", "barrier", "broadcast", "one_rank_first"]
+__all__ = [
+    "all_gather",
+    "all_gather_tensors_with_shapes",
+    "all_reduce",
+    "barrier",
+    "broadcast",
+    "one_rank_first",
+]
 
 T = TypeVar("T")
 
+# Ignite's names (upper case) and ours (lower case) alike; looked up case-insensitively.
 _OPS = {
     "sum": dist.ReduceOp.SUM,
     "max": dist.ReduceOp.MAX,
     "min": dist.ReduceOp.MIN,
     "prod": dist.ReduceOp.PRODUCT,
+    "product": dist.ReduceOp.PRODUCT,
+    "and": dist.ReduceOp.BAND,
+    "or": dist.ReduceOp.BOR,
 }
+_BITWISE = ("and", "or")
 _MAX_DIMS = 8
 _DTYPES = (
     torch.float32,
@@ -61,51 +73,80 @@ def _comm_device(rt: runtime.Runtime) -> torch.device:
     )
 
 
-def _reduce_op(op: str) -> dist.ReduceOp:
+def _reduce_op(op: str) -> tuple[str, dist.ReduceOp]:
     if not isinstance(op, str) or op.lower() not in _OPS:
-        raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
-    return _OPS[op.lower()]
+        raise ValueError(
+            f"Unsupported reduction operation {op!r}: op must be one of "
+            "'SUM', 'PRODUCT', 'MIN', 'MAX', 'AND', 'OR' (any case; 'prod' = 'PRODUCT')"
+        )
+    return op.lower(), _OPS[op.lower()]
 
 
-def all_reduce(x: T, op: str = "sum") -> T:
-    """Reduces ``x`` over all ranks; returns it unchanged in a job of one.
+def _comm(group: Any) -> groups.Comm | None:
+    """Where a collective with this ``group`` runs; ``None``: nothing to do (alone, or not a member)."""
+    rt = _group()
+    if rt is None:
+        groups.check_group_arg(group)
+        return None
+    return groups.resolve_group(rt, group)
 
-    A tensor is reduced in place and returned; a Python ``int``/``float`` comes back as
-    the same type.
+
+def all_reduce(tensor: T, op: str = "sum", group: Any = None) -> T:
+    """Reduces ``tensor`` over all ranks (or ``group``); returns it unchanged in a job of one.
+
+    A tensor is reduced in place and returned; a Python number comes back as the same
+    type (a ``bool`` reduced with ``"AND"``/``"OR"``/``"MIN"``/``"MAX"`` stays a ``bool``;
+    summed, it counts the ranks that passed ``True``).
 
     Args:
-        x: a tensor or a Python number.
-        op: ``"sum"``, ``"max"``, ``"min"`` or ``"prod"`` (case-insensitive).
+        tensor: a tensor or a Python number.
+        op: ``"SUM"``, ``"PRODUCT"`` (or ``"prod"``), ``"MIN"``, ``"MAX"``, and the bitwise
+            ``"AND"``/``"OR"`` for integer and bool values; any case.
+        group: ``None`` (every rank), a list of global ranks, or a group from
+            :func:`new_group`. Ranks outside the group get ``tensor`` back unchanged.
 
     Raises:
-        ValueError: unknown ``op``.
-        TypeError: ``x`` is neither a tensor nor an int/float.
+        ValueError: unknown ``op``, or a ``group`` that is not a group.
+        TypeError: ``tensor`` is neither a tensor nor a number, or ``"AND"``/``"OR"`` on
+            floating-point values.
 
     Example:
         >>> import distengine.distributed as idist
         >>> idist.all_reduce(3)  # alone: 3; on 2 ranks both passing 3: 6
         3
+        >>> idist.all_reduce(True, op="AND")  # True only if every rank passed True
+        True
     """
-    reduce_op = _reduce_op(op)
-    if isinstance(x, torch.Tensor):
-        rt = _group()
-        if rt is None:
-            return x
-        dev = _comm_device(rt)
-        buf = x if x.device == dev else x.to(dev)
-        dist.all_reduce(buf, op=reduce_op)
-        if buf is not x:
-            x.copy_(buf)
-        return x
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise TypeError(f"all_reduce expects a tensor, int or float, got {type(x).__name__}")
-    rt = _group()
-    if rt is None:
-        return x
-    dtype = torch.int64 if isinstance(x, int) else torch.float64
-    buf = torch.tensor([x], dtype=dtype, device=_comm_device(rt))
-    dist.all_reduce(buf, op=reduce_op)
-    return type(x)(buf.item())  # type: ignore[return-value]
+    name, reduce_op = _reduce_op(op)
+    if isinstance(tensor, torch.Tensor):
+        if name in _BITWISE and (tensor.is_floating_point() or tensor.is_complex()):
+            raise TypeError(
+                f"op {op!r} is bitwise: it needs an integer or bool tensor, got {tensor.dtype}"
+            )
+        comm = _comm(group)
+        if comm is None:
+            return tensor
+        dev = _comm_device(comm.rt)
+        buf = tensor if tensor.device == dev else tensor.to(dev)
+        dist.all_reduce(buf, op=reduce_op, group=comm.group)
+        if buf is not tensor:
+            tensor.copy_(buf)
+        return tensor
+    if not isinstance(tensor, (int, float)):
+        raise TypeError(
+            f"Unhandled input type {type(tensor).__name__}: all_reduce takes a tensor, an int or a float"
+        )
+    if name in _BITWISE and isinstance(tensor, float):
+        raise TypeError(f"op {op!r} is bitwise: it needs an int or bool, got float {tensor!r}")
+    comm = _comm(group)
+    if comm is None:
+        return tensor
+    dtype = torch.float64 if isinstance(tensor, float) else torch.int64
+    buf = torch.tensor([tensor], dtype=dtype, device=_comm_device(comm.rt))
+    dist.all_reduce(buf, op=reduce_op, group=comm.group)
+    if isinstance(tensor, bool) and name in ("sum", "prod", "product"):
+        return int(buf.item())  # type: ignore[return-value]
+    return type(tensor)(buf.item())  # type: ignore[return-value]
 
 
 def _header(t: torch.Tensor) -> torch.Tensor:
@@ -118,39 +159,43 @@ def _header(t: torch.Tensor) -> torch.Tensor:
     return torch.tensor([t.dim(), code, *shape], dtype=torch.int64, device=t.device)
 
 
-def _first_dims(rt: runtime.Runtime, t: torch.Tensor) -> list[int]:
-    """First-dimension size on every rank; checks that the other dimensions and dtypes agree."""
+def _first_dims(comm: groups.Comm, t: torch.Tensor) -> list[int]:
+    """First-dimension size on every member; checks that the other dimensions and dtypes agree."""
     mine = _header(t)
-    parts = [torch.empty_like(mine) for _ in range(rt.env.world_size)]
-    dist.all_gather(parts, mine)
+    parts = [torch.empty_like(mine) for _ in range(comm.size)]
+    dist.all_gather(parts, mine, group=comm.group)
     headers = [p.tolist() for p in parts]
-    ref = headers[rt.env.rank]
+    ref = headers[comm.index]
     for r, theirs in enumerate(headers):
         # [ndim, dtype code, d0, d1, ...]: everything but d0 must match.
         if theirs[:2] != ref[:2] or theirs[3:] != ref[3:]:
             raise ValueError(
                 "all_gather needs tensors that differ at most in their first dimension and have "
-                f"one dtype: rank {rt.env.rank} has shape {tuple(t.shape)} ({t.dtype}), rank {r} has "
+                f"one dtype: rank {comm.rt.env.rank} has shape {tuple(t.shape)} ({t.dtype}), rank {r} has "
                 f"shape {tuple(theirs[2 : 2 + theirs[0]])} (dtype code {theirs[1]} vs {ref[1]})"
             )
     return [h[2] for h in headers]
 
 
-def all_gather(x: Any, *, same_shape: bool = False) -> Any:
-    """Gathers ``x`` from every rank.
+def all_gather(tensor: Any, group: Any = None, *, same_shape: bool = False) -> Any:
+    """Gathers ``tensor`` from every rank (or every member of ``group``).
 
     A tensor gives one tensor: the ranks' tensors concatenated along dim 0 in rank order
     (a 0-d tensor counts as shape ``(1,)``); ranks may pass different first-dimension
-    sizes. Any other picklable object gives a list with one entry per rank. In a job of
-    one: the tensor itself, or ``[x]``.
+    sizes. Any other picklable object (numbers and strings included) gives a list with
+    one entry per rank. In a job of one: the tensor itself (a 0-d one as shape ``(1,)``),
+    or ``[tensor]``. A rank outside ``group`` gets its own ``tensor`` back.
 
     Args:
-        x: a tensor, number, string or other picklable object.
+        tensor: a tensor, number, string or other picklable object.
+        group: ``None`` (every rank), a list of global ranks, or a group from
+            :func:`new_group`.
         same_shape: promise that every rank passes a tensor of the same shape and dtype;
             skips the size exchange, so the gather is one collective instead of two.
 
     Raises:
-        ValueError: tensors that differ in more than the first dimension, or in dtype.
+        ValueError: tensors that differ in more than the first dimension, or in dtype; a
+            ``group`` that is not a group.
 
     Example:
         >>> import distengine.distributed as idist
@@ -158,39 +203,104 @@ def all_gather(x: Any, *, same_shape: bool = False) -> Any:
         ['a']
     """
     rt = _group()
-    if not isinstance(x, torch.Tensor):
-        if rt is None:
-            return [x]
-        out: list[Any] = [None] * rt.env.world_size
-        dist.all_gather_object(out, x, group=rt.cpu_group)
-        return out
     if rt is None:
-        return x
+        groups.check_group_arg(group)
+        if isinstance(tensor, torch.Tensor):
+            return tensor.reshape(1) if tensor.dim() == 0 else tensor
+        return [tensor]
+    comm = groups.resolve_group(rt, group)
+    if comm is None:
+        return tensor
+    if not isinstance(tensor, torch.Tensor):
+        out: list[Any] = [None] * comm.size
+        dist.all_gather_object(out, tensor, group=comm.group if group is not None else rt.cpu_group)
+        return out
     dev = _comm_device(rt)
-    t = (x.reshape(1) if x.dim() == 0 else x).to(dev).contiguous()
-    sizes = [t.shape[0]] * rt.env.world_size if same_shape else _first_dims(rt, t)
+    t = (tensor.reshape(1) if tensor.dim() == 0 else tensor).to(dev).contiguous()
+    sizes = [t.shape[0]] * comm.size if same_shape else _first_dims(comm, t)
     longest = max(sizes)
     if all(n == longest for n in sizes):
         parts = [torch.empty_like(t) for _ in sizes]
-        dist.all_gather(parts, t)
+        dist.all_gather(parts, t, group=comm.group)
     else:
         padded = t.new_zeros((longest, *t.shape[1:]))
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
+        dist.all_gather(parts, padded, group=comm.group)
         parts = [p[:n] for p, n in zip(parts, sizes)]
-    return torch.cat(parts).to(x.device)
+    return torch.cat(parts).to(tensor.device)
 
 
-def broadcast(x: T, src: int = 0) -> T:
-    """Rank ``src``'s ``x`` on every rank; ``x`` itself in a job of one.
+def all_gather_tensors_with_shapes(
+    tensor: torch.Tensor, shapes: Sequence[Sequence[int]], group: Any = None
+) -> list[torch.Tensor]:
+    """Gathers tensors whose shapes differ in any dimension, given every rank's shape.
 
-    Every rank must pass the same kind: tensors (same shape and dtype; filled in place and
-    returned) or picklable objects (the value of non-``src`` ranks is ignored).
+    Each tensor is zero-padded to the largest shape, gathered in one collective, and cut
+    back, so ``shapes`` must be known beforehand (use :func:`all_gather` on an object
+    when they are not). Every rank passes the same ``shapes``.
 
     Args:
-        x: a tensor or a picklable object.
+        tensor: this rank's tensor; its shape must be ``shapes[i]`` for this rank's index
+            ``i`` in the group.
+        shapes: the shape of every member's tensor, in rank order (same number of
+            dimensions for all).
+        group: ``None`` (every rank), a list of global ranks, or a group from
+            :func:`new_group`.
+
+    Returns:
+        One tensor per member, in rank order; ``[tensor]`` in a job of one or on a rank
+        outside ``group``.
+
+    Raises:
+        ValueError: ``shapes`` does not have one entry per member, the entries differ in
+            length, or this rank's entry is not the shape of ``tensor``.
+
+    Example:
+        >>> import torch, distengine.distributed as idist
+        >>> idist.all_gather_tensors_with_shapes(torch.ones(2, 3), [[2, 3]])[0].shape
+        torch.Size([2, 3])
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor should be a torch.Tensor, got {type(tensor).__name__}")
+    comm = _comm(group)
+    if comm is None:
+        return [tensor]
+    shape_list = [list(s) for s in shapes]
+    if len(shape_list) != comm.size or len({len(s) for s in shape_list}) != 1:
+        raise ValueError(
+            f"shapes should hold one shape per member ({comm.size}), all with the same number "
+            f"of dimensions, got {shape_list}"
+        )
+    if shape_list[comm.index] != list(tensor.shape):
+        raise ValueError(
+            f"shapes[{comm.index}] should be the shape of this rank's tensor, "
+            f"{list(tensor.shape)}, got {shape_list[comm.index]}"
+        )
+    largest = [max(dims) for dims in zip(*shape_list)]
+    padded = tensor.new_zeros(largest)
+    padded[tuple(slice(0, d) for d in tensor.shape)] = tensor
+    dev = _comm_device(comm.rt)
+    buf = padded.to(dev)
+    parts = [torch.empty_like(buf) for _ in range(comm.size)]
+    dist.all_gather(parts, buf, group=comm.group)
+    return [p[tuple(slice(0, d) for d in s)].to(tensor.device) for p, s in zip(parts, shape_list)]
+
+
+def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
+    """Rank ``src``'s ``tensor`` on every rank; ``tensor`` itself in a job of one.
+
+    Without ``safe_mode`` every rank passes the same kind: tensors of the same shape and
+    dtype (filled in place and returned), or picklable objects, ``None`` included (the
+    value of non-``src`` ranks is ignored). With ``safe_mode=True`` the other ranks may
+    pass anything, ``None`` included, whatever ``src`` sends: a tensor from ``src``
+    arrives in a new tensor on :func:`device` (one more small collective tells its shape
+    and dtype).
+
+    Args:
+        tensor: a tensor or a picklable object.
         src: the rank whose value wins.
+        safe_mode: let non-``src`` ranks pass a placeholder of any kind, or ``None``.
 
     Raises:
         ValueError: ``src`` is not a valid rank.
@@ -199,21 +309,36 @@ def broadcast(x: T, src: int = 0) -> T:
         >>> import distengine.distributed as idist
         >>> idist.broadcast({"seed": 7}, src=0)
         {'seed': 7}
+        >>> config = idist.broadcast(None, src=0, safe_mode=True)  # doctest: +SKIP
     """
     rt = _group()
     world = rt.env.world_size if rt is not None else 1
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world:
         raise ValueError(f"src must be a rank in [0, {world}), got {src!r}")
     if rt is None:
-        return x
-    if isinstance(x, torch.Tensor):
-        dev = _comm_device(rt)
-        buf = x if x.device == dev else x.to(dev)
+        return tensor
+    is_src = rt.env.rank == src
+    dev = _comm_device(rt)
+    if safe_mode:
+        kind = (
+            ("tensor", tuple(tensor.shape), tensor.dtype)
+            if isinstance(tensor, torch.Tensor)
+            else ("object",)
+        )
+        box = [kind if is_src else None]
+        dist.broadcast_object_list(box, src=src, group=rt.cpu_group)
+        kind = box[0]
+        if not is_src:
+            tensor = (
+                torch.empty(kind[1], dtype=kind[2], device=dev) if kind[0] == "tensor" else None
+            )
+    if isinstance(tensor, torch.Tensor):
+        buf = tensor if tensor.device == dev else tensor.to(dev)
         dist.broadcast(buf, src=src)
-        if buf is not x:
-            x.copy_(buf)
-        return x
-    box = [x]
+        if buf is not tensor:
+            tensor.copy_(buf)
+        return tensor
+    box = [tensor]
     dist.broadcast_object_list(box, src=src, group=rt.cpu_group)
     return box[0]
 
@@ -252,7 +377,7 @@ def one_rank_first(rank: int = 0, local: bool = False) -> Iterator[None]:
     size = (env.local_world_size if local else env.world_size) if env is not None else 1
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:
         kind = "local rank" if local else "rank"
-        raise ValueError(f"rank must be a {kind} in [0, {size}), got {rank!r}")
+        raise ValueError(f"rank should be between 0 and {size - 1}, but given {rank!r} ({kind})")
     if env is None:
         yield
         return

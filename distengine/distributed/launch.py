@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -88,6 +88,31 @@ def _root_cause(keys: dist.Store, exc: Exception, pids: list[int]) -> Exception:
     return mp.ProcessRaisedException(msg, record.rank, pids[record.rank])
 
 
+def _ignite_order(
+    backend: str, fn: Any, args: Any, kwargs_dict: Any, start_method: str, kwargs: dict[str, Any]
+) -> list[Any]:
+    """``spawn(backend, fn, args, kwargs_dict=None, nproc_per_node=1, **kwargs)``, Ignite's order."""
+    nproc = kwargs.pop("nproc_per_node", 1)
+    nnodes, node_rank = kwargs.pop("nnodes", None), kwargs.pop("node_rank", None)
+    if nnodes not in (None, 1) or node_rank not in (None, 0):
+        raise ValueError(
+            f"spawn starts processes on this node only (nnodes=1, node_rank=0), got nnodes={nnodes}, "
+            f"node_rank={node_rank}: start each node with torchrun (see launchers/) instead"
+        )
+    kwargs.pop("master_addr", None)  # one node: the ranks meet on a loopback port the OS picks
+    kwargs.pop("master_port", None)
+    init_method = kwargs.pop("init_method", None)
+    if init_method not in (None, "env://"):
+        raise ValueError(
+            f"spawned ranks meet through their parent's store; init_method={init_method!r} is "
+            "supported under a launcher only (idist.initialize)"
+        )
+    if kwargs_dict is not None and not isinstance(kwargs_dict, Mapping):
+        raise TypeError(f"kwargs_dict must be a dict, got {type(kwargs_dict).__name__}")
+    target = functools.partial(fn, **kwargs_dict) if kwargs_dict else fn
+    return spawn(target, nproc, backend, args, start_method=start_method, **kwargs)
+
+
 def spawn(
     fn: Callable[..., Any],
     nprocs: int,
@@ -98,6 +123,9 @@ def spawn(
     **init_kwargs: Any,
 ) -> list[Any]:
     """Runs ``fn(local_rank, *args)`` on ``nprocs`` local processes over loopback.
+
+    Ignite's argument order works too: ``spawn("gloo", fn, args=(...), kwargs_dict={...},
+    nproc_per_node=4)`` (one node; ``init_method`` ``None`` or ``"env://"``).
 
     Each process gets the launcher variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT``), initializes the
@@ -121,7 +149,8 @@ def spawn(
     Raises:
         torch.multiprocessing.ProcessRaisedException: a rank raised (its traceback inside).
         torch.multiprocessing.ProcessExitedException: a rank died without an exception.
-        ValueError: ``nprocs`` < 1 or an unknown keyword.
+        ValueError: ``nprocs`` < 1 or an unknown keyword; in Ignite's order, more than
+            one node or an ``init_method`` other than ``"env://"``.
         TypeError: ``fn`` is not callable or ``args`` is not a sequence.
 
     Example:
@@ -131,6 +160,13 @@ def spawn(
         >>> idist.spawn(job, 2)  # doctest: +SKIP
         [3, 3]
     """
+    if isinstance(fn, str) and callable(nprocs):  # Ignite's order: (backend, fn, args, kwargs_dict)
+        if isinstance(backend, (tuple, list)):  # args given third, by position
+            ignite_args, kwargs_dict = backend, (args if isinstance(args, Mapping) else None)
+        else:
+            ignite_args, kwargs_dict = args, None
+        kwargs_dict = init_kwargs.pop("kwargs_dict", kwargs_dict)
+        return _ignite_order(fn, nprocs, ignite_args, kwargs_dict, start_method, init_kwargs)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
@@ -176,18 +212,30 @@ class Parallel:
 
     - Under a launcher (``RANK``/``WORLD_SIZE`` set): entering initializes the process
       group, :meth:`run` calls ``fn(local_rank, *args, **kwargs)``, leaving finalizes.
+    - With ``init_method`` ``"tcp://..."``/``"file://..."`` and ``RANK``/``WORLD_SIZE``
+      (no ``MASTER_ADDR``): the same, meeting through that init method.
     - With ``nproc_per_node`` and no launcher: :meth:`run` starts the processes itself
-      through :func:`spawn`.
+      through :func:`spawn`, on this node.
     - Neither: :meth:`run` calls ``fn(0, *args, **kwargs)`` in this process.
 
     Args:
         backend: process-group backend; ``None``: ``nccl`` with CUDA, else ``gloo``.
         nproc_per_node: processes to spawn when no launcher started this one.
+        nnodes: number of nodes. Spawning covers one node; under a launcher it must
+            agree with the launcher's (``WORLD_SIZE // LOCAL_WORLD_SIZE``).
+        node_rank: index of this node (under a launcher: must agree with it).
+        master_addr: accepted for Ignite compatibility with ``nnodes=1`` (spawned ranks
+            meet on a loopback port the OS picks).
+        master_port: as ``master_addr``.
+        init_method: ``"env://"``, ``"tcp://HOST:PORT"`` or ``"file:///path"``, passed to
+            :func:`initialize` under a launcher; spawning supports only ``"env://"``.
         **spawn_kwargs: passed to :func:`spawn` (``start_method``, ``timeout``,
             ``failure_timeout``); ``timeout``/``failure_timeout`` also apply under a launcher.
 
     Raises:
-        ValueError: ``nproc_per_node`` < 1, or it contradicts the launcher's ``LOCAL_WORLD_SIZE``.
+        ValueError: ``nproc_per_node`` or ``nnodes`` < 1, ``nnodes > 1`` without a
+            launcher, arguments that contradict the launcher, an unknown backend, or
+            ``init_method`` other than ``"env://"`` when spawning.
 
     Example:
         >>> import distengine.distributed as idist
@@ -199,33 +247,67 @@ class Parallel:
     """
 
     def __init__(
-        self, backend: str | None = None, nproc_per_node: int | None = None, **spawn_kwargs: Any
+        self,
+        backend: str | None = None,
+        nproc_per_node: int | None = None,
+        nnodes: int | None = None,
+        node_rank: int | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        init_method: str | None = None,
+        **spawn_kwargs: Any,
     ) -> None:
-        if nproc_per_node is not None and (
-            isinstance(nproc_per_node, bool)
-            or not isinstance(nproc_per_node, int)
-            or nproc_per_node < 1
-        ):
-            raise ValueError(f"nproc_per_node must be an int >= 1 or None, got {nproc_per_node!r}")
-        env = read_env()
-        if (
-            env is not None
-            and nproc_per_node is not None
-            and nproc_per_node != env.local_world_size
-        ):
+        for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if backend is not None and backend not in dist.Backend.backend_list:
             raise ValueError(
-                f"nproc_per_node={nproc_per_node} contradicts the launcher, which started "
-                f"LOCAL_WORLD_SIZE={env.local_world_size} processes on this node"
+                f"Unknown backend {backend!r}. Available backends: {dist.Backend.backend_list}"
             )
+        if init_method is not None and not isinstance(init_method, str):
+            raise TypeError(f"init_method must be a str, got {type(init_method).__name__}")
+        meets = init_method is not None and not init_method.startswith("env://")
+        env = read_env() if not meets or "MASTER_ADDR" in os.environ else None
+        launched = env is not None or (meets and "RANK" in os.environ)
+        if env is not None:
+            given = (nproc_per_node, nnodes, node_rank)
+            actual = (env.local_world_size, env.nnodes, env.rank // env.local_world_size)
+            for name, value, real in zip(("nproc_per_node", "nnodes", "node_rank"), given, actual):
+                if value is not None and value != real:
+                    raise ValueError(
+                        f"{name}={value} contradicts the launcher that started this process "
+                        f"({name} is {real} there)"
+                    )
+        elif not launched:
+            if nnodes not in (None, 1) or node_rank not in (None, 0):
+                raise ValueError(
+                    f"Parallel spawns processes on this node only (nnodes=1, node_rank=0), got "
+                    f"nnodes={nnodes}, node_rank={node_rank}: start each node with torchrun "
+                    "(see launchers/) instead"
+                )
+            if nproc_per_node is not None and init_method not in (None, "env://"):
+                raise ValueError(
+                    f"spawned ranks meet through their parent's store; init_method={init_method!r} "
+                    "is supported under a launcher only (leave it None to spawn)"
+                )
         self.backend = backend
         self.nproc_per_node = nproc_per_node
+        self.nnodes = nnodes
+        self.node_rank = node_rank
+        self.master_addr = master_addr
+        self.master_port = master_port
+        self.init_method = init_method
         self.spawn_kwargs = spawn_kwargs
-        self._launched = env is not None
+        self._launched = launched
         self._initialized = False
 
     def __enter__(self) -> Parallel:
         if self._launched:
             init_kwargs = {k: v for k, v in self.spawn_kwargs.items() if k in _INIT_KWARGS}
+            if self.init_method is not None:
+                init_kwargs["init_method"] = self.init_method
             runtime.initialize(self.backend, **init_kwargs)
             self._initialized = True
         return self

@@ -12,9 +12,12 @@ __all__ = [
     "device",
     "get_local_rank",
     "get_nnodes",
+    "get_node_rank",
+    "get_nproc_per_node",
     "get_rank",
     "get_world_size",
     "is_main_process",
+    "model_name",
 ]
 
 
@@ -71,6 +74,43 @@ def get_nnodes() -> int:
     """
     env = _env()
     return env.nnodes if env is not None else 1
+
+
+def get_nproc_per_node() -> int:
+    """Number of processes on this node (``LOCAL_WORLD_SIZE``; 1 in a job of one).
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.get_nproc_per_node()
+        1
+    """
+    env = _env()
+    return env.local_world_size if env is not None else 1
+
+
+def get_node_rank() -> int:
+    """Index of this node, ``RANK // LOCAL_WORLD_SIZE`` (torchrun numbers ranks node by node; 0 alone).
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.get_node_rank()
+        0
+    """
+    env = _env()
+    return env.rank // env.local_world_size if env is not None else 0
+
+
+def model_name() -> str:
+    """``"native-dist"`` when a torch process group is in use, ``"serial"`` in a job of one.
+
+    Ignite's names; distengine has no XLA or Horovod model.
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> idist.model_name()
+        'serial'
+    """
+    return "native-dist" if runtime.active() is not None else "serial"
 
 
 def backend() -> str | None:

@@ -15,9 +15,11 @@ so it flushes its output and exits with status 1.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -33,6 +35,7 @@ import torch.distributed as dist
 # with init_process_group — captures ``None`` instead.
 import torch.distributed.nn  # noqa: F401, E402
 
+from . import rendezvous
 from .env import LauncherEnv, failure_timeout_from_env, read_env
 from .stores import connect_store, watch_connection
 from .teardown import release_ddp_modules
@@ -46,6 +49,8 @@ __all__ = [
     "initialize",
     "notify_failure",
     "passive_env",
+    "hint_local_rank",
+    "resync",
 ]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -71,6 +76,11 @@ class Runtime:
     watchdog: FailureWatchdog | None = None
     watch_store: dist.Store | None = None
     pid: int = field(default_factory=os.getpid)
+    # weak reference to the default group, to notice when an adopted one is destroyed (a
+    # strong one would keep gloo's threads alive past the group's end: abort at exit)
+    world_ref: Any = None
+    subgroups: dict = field(default_factory=dict)  # groups made from rank lists (groups.py)
+    init_method: str = "env://"
     failed: bool = False
     previous_excepthook: Any = None
 
@@ -100,7 +110,9 @@ def active() -> Runtime | None:
     """
     rt = _runtime
     if rt is not None and rt.pid == os.getpid():
-        return rt
+        if rt.owns_group or _adopted_alive(rt):
+            return rt
+        _forget_adopted(rt)  # the user destroyed the group they had created
     if _finalized or _in_worker() or (read_env() is None and not dist.is_initialized()):
         return None
     initialize()
@@ -121,10 +133,11 @@ def passive_env() -> LauncherEnv | None:
 def _env_from_group() -> LauncherEnv:
     """Launcher-like description of a group the user created without launcher variables."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    hint = rendezvous.local_rank_hint()
     return LauncherEnv(
         rank=rank,
         world_size=world_size,
-        local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+        local_rank=int(os.environ.get("LOCAL_RANK", rank if hint is None else hint)),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
         nnodes=int(os.environ.get("GROUP_WORLD_SIZE", 1)),
         master_addr="",
@@ -171,12 +184,18 @@ def initialize(
     timeout: float | timedelta | None = None,
     *,
     failure_timeout: float | None = None,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     **pg_kwargs: Any,
 ) -> None:
     """Creates the process group from the launcher's environment (no-op without a launcher).
 
     Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
-    (as set by torchrun or :func:`spawn`). Backend ``nccl`` when CUDA is available, else
+    (as set by torchrun or :func:`spawn`); ``init_method``, ``rank`` and ``world_size``
+    create the group without a launcher, as in Ignite (``"tcp://HOST:PORT"`` or
+    ``"file:///shared/path"``, or ``"env://"`` with ``MASTER_ADDR``/``MASTER_PORT`` set).
+    Backend ``nccl`` when CUDA is available, else
     ``gloo``; under NCCL the CUDA device is set from ``LOCAL_RANK`` and a gloo side group is
     created for CPU agreement. At world size > 1 a watchdog thread ends this process when
     another rank reports a failure. Calling it again is a no-op. You rarely need to call
@@ -187,11 +206,18 @@ def initialize(
         timeout: bound on every collective, in seconds or a ``timedelta`` (default 30 min).
         failure_timeout: seconds within which every rank ends after one rank reported a
             failure (default ``DISTENGINE_FAILURE_TIMEOUT`` or 10).
+        init_method: ``"env://"`` (default), ``"tcp://HOST:PORT"`` (rank 0 hosts the
+            store there) or ``"file:///path"`` (a file every rank can open).
+        rank: this process's rank (with ``init_method``; default ``RANK``).
+        world_size: number of processes (with ``init_method``; default ``WORLD_SIZE``).
         **pg_kwargs: passed to ``torch.distributed.init_process_group``.
 
     Raises:
         ValueError: incomplete launcher variables, ``nccl`` without CUDA, non-positive
-            timeouts, or a backend different from the one already initialized.
+            timeouts, a backend different from the one already initialized, or an
+            ``init_method``/``rank``/``world_size`` that is invalid or contradicts the
+            environment.
+        RuntimeError: ``init_method`` given while a process group created elsewhere exists.
         TypeError: a timeout or backend of the wrong type.
 
     Example:
@@ -199,9 +225,14 @@ def initialize(
         >>> idist.initialize()  # under torchrun: creates the group; alone: nothing to do
         >>> idist.get_world_size() >= 1
         True
+        >>> # without a launcher, on each of 2 processes:
+        >>> idist.initialize("gloo", init_method="tcp://10.0.0.1:23456", rank=r, world_size=2)  # doctest: +SKIP
     """
     global _runtime, _finalized, _atexit_registered
     with _LOCK:
+        meet = None
+        if init_method is not None or rank is not None or world_size is not None:
+            meet = rendezvous.resolve(init_method, rank, world_size)
         if _runtime is not None and _runtime.pid == os.getpid():
             if backend is not None and backend != _runtime.backend:
                 raise ValueError(
@@ -212,7 +243,12 @@ def initialize(
             raise RuntimeError(
                 "initialize() cannot run in a DataLoader worker or a forked child of a rank"
             )
-        env = read_env()
+        if meet is not None and dist.is_initialized():
+            raise RuntimeError(
+                "a process group exists already (created with torch.distributed.init_process_group); "
+                f"initialize(init_method={meet.init_method!r}) cannot create another"
+            )
+        env = meet.env if meet is not None else read_env()
         if env is None and dist.is_initialized():
             env = _env_from_group()
         pg_timeout = _as_timedelta(timeout, "timeout", DEFAULT_TIMEOUT)
@@ -235,7 +271,7 @@ def initialize(
         if backend == "nccl":
             torch.cuda.set_device(env.local_rank)
         if owns_group:
-            base, store = connect_store(env, pg_timeout)
+            base, store = meet.connect(pg_timeout) if meet else connect_store(env, pg_timeout)
             dist.init_process_group(
                 backend,
                 store=store,
@@ -261,9 +297,16 @@ def initialize(
             base_store=base,
             owns_group=owns_group,
             cpu_group=cpu_group,
+            world_ref=weakref.ref(dist.GroupMember.WORLD),
+            init_method=meet.init_method if meet is not None else "env://",
         )
         if env.world_size > 1:
-            rt.watch_store = watch_connection(env, pg_timeout) if owns_group else rt.keys
+            if not owns_group:
+                rt.watch_store = rt.keys
+            elif meet is not None:
+                rt.watch_store = meet.watch(pg_timeout)
+            else:
+                rt.watch_store = watch_connection(env, pg_timeout)
             rt.watchdog = FailureWatchdog(
                 rt.watch_store, env.rank, env.world_size, rt.failure_timeout
             )
@@ -274,6 +317,55 @@ def initialize(
         if not _atexit_registered:
             atexit.register(_at_exit)
             _atexit_registered = True
+
+
+def _adopted_alive(rt: Runtime) -> bool:
+    """Whether the default group is still the one ``rt`` adopted."""
+    world = dist.GroupMember.WORLD
+    return world is not None and rt.world_ref is not None and rt.world_ref() is world
+
+
+def _forget_adopted(rt: Runtime) -> None:
+    """Drops the runtime of a group the user created and has destroyed since (no teardown of ours)."""
+    global _runtime
+    with _LOCK:
+        if _runtime is not rt:
+            return
+        _runtime = None
+        if rt.watchdog is not None:
+            rt.watchdog.stop()
+        if sys.excepthook is _excepthook:
+            sys.excepthook = rt.previous_excepthook or sys.__excepthook__
+        rt.cpu_group = None
+        rt.subgroups.clear()
+        rt.watch_store = rt.keys = rt.store = rt.base_store = None  # type: ignore[assignment]
+
+
+def resync() -> None:
+    """Adopts the process group that exists now (see ``idist.sync``); forgets a destroyed adopted one."""
+    global _finalized
+    with _LOCK:
+        rt = _runtime
+        if rt is not None and rt.pid == os.getpid() and not rt.owns_group:
+            if not _adopted_alive(rt):
+                _forget_adopted(rt)
+        if _runtime is None and dist.is_initialized() and not _in_worker():
+            _finalized = False
+            initialize()
+
+
+def hint_local_rank(index: int) -> None:
+    """Sets the local rank of a group made without ``LOCAL_RANK`` (see ``idist.set_local_rank``)."""
+    with _LOCK:
+        rt = _runtime if _runtime is not None and _runtime.pid == os.getpid() else None
+        launched = rt is not None and rt.owns_group and rt.init_method == "env://"
+        if rt is not None and launched and rt.env.local_rank != index:
+            raise ValueError(
+                f"set_local_rank({index}) contradicts LOCAL_RANK={rt.env.local_rank} of the launcher"
+            )
+        rendezvous.set_local_rank_hint(index)
+        if rt is not None and not launched:
+            rt.env = dataclasses.replace(rt.env, local_rank=index)
 
 
 def notify_failure(exc: BaseException) -> None:
@@ -362,6 +454,7 @@ def finalize() -> None:
         if rt.failed:
             return
         release_ddp_modules()
+        rt.subgroups.clear()  # like the DDP modules: no reference may outlive the groups
         if rt.env.world_size > 1:
             _close_handshake(rt)
         if rt.watchdog is not None:

@@ -65,14 +65,57 @@ def max_count(event: Any, state: Any) -> int | None:
     return 1
 
 
+def flatten(
+    key: tuple[str, ...], value: Any, *, allow_text: bool = False
+) -> dict[tuple[str, ...], float | int | str]:
+    """Flatten one value into scalars keyed by name tuples.
+
+    Numbers stay numbers (``bool`` becomes ``int``), 0-d tensors become Python numbers,
+    1-d tensors, lists, tuples and named tuples give one entry per element (key + index),
+    mappings one entry per key. Values that cannot be shown as scalars are skipped with a
+    warning.
+
+    Args:
+        key: the name so far, as a tuple of parts.
+        value: the value to flatten.
+        allow_text: keep strings (a progress bar can show them, a scalar logger cannot).
+
+    Example:
+        >>> flatten(("loss",), {"a": torch.tensor([1.0, 2.0])})
+        {('loss', 'a', '0'): 1.0, ('loss', 'a', '1'): 2.0}
+    """
+    if isinstance(value, bool):
+        return {key: int(value)}
+    if isinstance(value, numbers.Number):
+        return {key: value}  # type: ignore[dict-item]
+    if isinstance(value, str):
+        if allow_text:
+            return {key: value}
+    elif isinstance(value, torch.Tensor):
+        if value.ndim == 0:
+            return {key: value.item()}
+        if value.ndim == 1:
+            return {(*key, str(i)): v.item() for i, v in enumerate(value)}
+    elif isinstance(value, Mapping) or (
+        isinstance(value, Sequence) and not isinstance(value, bytes)
+    ):
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        out: dict[tuple[str, ...], float | int | str] = {}
+        for k, sub in items:
+            out.update(flatten((*key, str(k)), sub, allow_text=allow_text))
+        return out
+    warnings.warn(
+        f"cannot log {'/'.join(key)!r}: expected a number, a 0-d or 1-d tensor"
+        f"{', a string' if allow_text else ''}, or a dict/list of them; got {type(value).__name__}",
+        stacklevel=3,
+    )
+    return {}
+
+
 def to_scalars(
     name: str, value: Any, *, separator: str = "/", allow_text: bool = False
 ) -> dict[str, float | int | str]:
-    """Flatten one named value into scalars.
-
-    Numbers stay numbers, 0-d tensors become Python numbers, 1-d tensors become one entry
-    per element (``name{separator}i``), mappings are flattened with their keys. Values that
-    cannot be shown as scalars are skipped with a warning.
+    """Flatten one named value into ``{name: scalar}`` (see :func:`flatten`).
 
     Args:
         name: name of the value.
@@ -87,33 +130,7 @@ def to_scalars(
         >>> to_scalars("loss", torch.tensor([1.0, 2.0]))
         {'loss/0': 1.0, 'loss/1': 2.0}
     """
-    if isinstance(value, bool):
-        return {name: int(value)}
-    if isinstance(value, numbers.Number):
-        return {name: value}
-    if isinstance(value, str):
-        if allow_text:
-            return {name: value}
-    elif isinstance(value, torch.Tensor):
-        if value.ndim == 0:
-            return {name: value.item()}
-        if value.ndim == 1:
-            return {f"{name}{separator}{i}": v.item() for i, v in enumerate(value)}
-    elif isinstance(value, Mapping):
-        out: dict[str, float | int | str] = {}
-        for key, sub in value.items():
-            out.update(
-                to_scalars(
-                    f"{name}{separator}{key}", sub, separator=separator, allow_text=allow_text
-                )
-            )
-        return out
-    warnings.warn(
-        f"cannot log {name!r}: expected a number, a 0-d or 1-d tensor"
-        f"{' or a string' if allow_text else ''}, got {type(value).__name__}",
-        stacklevel=3,
-    )
-    return {}
+    return {separator.join(k): v for k, v in flatten((name,), value, allow_text=allow_text).items()}
 
 
 def check_metric_names(metric_names: Any) -> list[str] | str | None:
@@ -132,27 +149,36 @@ def check_metric_names(metric_names: Any) -> list[str] | str | None:
     )
 
 
-def collect(
+def check_state_attributes(state_attributes: Any) -> list[str] | None:
+    """Validate ``state_attributes``: None or a list of attribute names.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if state_attributes is None:
+        return None
+    if (
+        isinstance(state_attributes, Sequence)
+        and not isinstance(state_attributes, str)
+        and all(isinstance(n, str) for n in state_attributes)
+    ):
+        return list(state_attributes)
+    raise TypeError(
+        f"state_attributes should be None or a list of engine.state attribute names (str), "
+        f"got {state_attributes!r}"
+    )
+
+
+def gather(
     engine: Any,
     metric_names: list[str] | str | None,
     output_transform: Callable[[Any], Any] | None,
-    *,
-    separator: str = "/",
-    allow_text: bool = False,
-) -> dict[str, float | int | str]:
-    """Gather the chosen metrics of ``engine.state.metrics`` and the transformed output.
+    state_attributes: list[str] | None = None,
+) -> dict[str, Any]:
+    """The raw values to log: chosen metrics, the transformed output, state attributes.
 
-    Args:
-        engine: the engine whose state is read.
-        metric_names: ``"all"``, a list of names, or None for no metrics. A name missing
-            from ``engine.state.metrics`` is skipped with a warning.
-        output_transform: maps ``engine.state.output`` to a scalar (shown as ``"output"``)
-            or to a ``{name: value}`` dict; None logs no output.
-        separator: see :func:`to_scalars`.
-        allow_text: see :func:`to_scalars`.
-
-    Returns:
-        A flat ``{name: scalar}`` dict, metrics first.
+    A metric name missing from ``engine.state.metrics`` is skipped with a warning; a
+    missing state attribute gives ``None`` (skipped when flattened, with a warning).
     """
     values: dict[str, Any] = {}
     metrics = engine.state.metrics
@@ -170,7 +196,36 @@ def collect(
     if output_transform is not None:
         out = output_transform(engine.state.output)
         values.update(out if isinstance(out, Mapping) else {"output": out})
+    for name in state_attributes or ():
+        values[name] = getattr(engine.state, name, None)
+    return values
+
+
+def collect(
+    engine: Any,
+    metric_names: list[str] | str | None,
+    output_transform: Callable[[Any], Any] | None,
+    *,
+    separator: str = "/",
+    allow_text: bool = False,
+    state_attributes: list[str] | None = None,
+) -> dict[str, float | int | str]:
+    """Gather the chosen metrics, the transformed output and state attributes, flattened.
+
+    Args:
+        engine: the engine whose state is read.
+        metric_names: ``"all"``, a list of names, or None for no metrics. A name missing
+            from ``engine.state.metrics`` is skipped with a warning.
+        output_transform: maps ``engine.state.output`` to a scalar (shown as ``"output"``)
+            or to a ``{name: value}`` dict; None logs no output.
+        separator: see :func:`to_scalars`.
+        allow_text: see :func:`to_scalars`.
+        state_attributes: names of ``engine.state`` attributes to add.
+
+    Returns:
+        A flat ``{name: scalar}`` dict: metrics, then the output, then state attributes.
+    """
     flat: dict[str, float | int | str] = {}
-    for name, value in values.items():
+    for name, value in gather(engine, metric_names, output_transform, state_attributes).items():
         flat.update(to_scalars(str(name), value, separator=separator, allow_text=allow_text))
     return flat

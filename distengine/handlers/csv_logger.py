@@ -9,12 +9,12 @@ from typing import Any
 
 import fsspec
 
-from distengine.handlers.base_logger import BaseLogger
+from distengine.handlers.scalar_logger import ScalarLogger
 
 _LABELS = ("epoch", "iteration")
 
 
-class CSVLogger(BaseLogger):
+class CSVLogger(ScalarLogger):
     """Write logged values to a CSV file, local or at an fsspec URL (``s3://...``).
 
     Each logged event appends one row: ``epoch`` and ``iteration`` (of the engine that was

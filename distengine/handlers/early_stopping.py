@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -12,16 +14,12 @@ from distengine.engine import Engine, Events
 _log = logging.getLogger(__name__)
 
 
-def _pick(name: str, value: Any, default: Any, alias: str, alias_value: Any) -> Any:
-    """Resolve a parameter given under its name or its Ignite 0.5.5 alias."""
-    if alias_value is None:
-        return value
-    if value != default and value != alias_value:
-        raise ValueError(
-            f"{name} and {alias} are the same parameter; got {name}={value!r} and "
-            f"{alias}={alias_value!r}"
-        )
-    return alias_value
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"EarlyStopping's '{old}' is deprecated (Ignite 0.5.5 renamed it); use '{new}'",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 class EarlyStopping:
@@ -29,8 +27,8 @@ class EarlyStopping:
 
     Attach it to an evaluator (or the trainer) on the event where the score is known.
     Scores are compared in the direction of ``mode``: with ``mode="max"`` a score counts
-    as an improvement if it exceeds the best score by more than ``min_delta`` (or by the
-    relative ``min_delta`` with ``min_delta_mode="rel"``). With ``cumulative_delta=False``
+    as an improvement if it exceeds the best score by more than ``threshold`` (or by the
+    relative ``threshold`` with ``threshold_mode="rel"``). With ``cumulative=False``
     the best score also moves up to a non-improving score, so the threshold applies to the
     change since the last check; with True it applies to the change since the last
     improvement. A NaN score counts as no improvement.
@@ -38,21 +36,25 @@ class EarlyStopping:
     On many ranks, make the score from reduced metrics (every distengine metric in
     ``engine.state.metrics`` is reduced across ranks), so every rank makes the same
     decision; the engine's agreement stops all ranks after the same iteration in any case.
-    ``state_dict``/``load_state_dict`` carry ``counter`` and ``best_score``: give the
-    handler to ``Checkpoint`` to resume the count.
+    ``state_dict``/``load_state_dict`` carry ``counter``, ``best_score`` and
+    ``threshold_mode``: give the handler to ``Checkpoint`` to resume the count.
 
     Args:
         patience: checks without improvement before stopping (>= 1).
         score_function: maps the engine it is attached to to a float score.
         trainer: the engine to terminate.
-        min_delta: minimum change that counts as an improvement (>= 0).
-        cumulative_delta: see above.
-        min_delta_mode: ``"abs"`` (absolute change) or ``"rel"`` (change relative to the
+        threshold: minimum change that counts as an improvement (>= 0).
+        cumulative: see above.
+        threshold_mode: ``"abs"`` (absolute change) or ``"rel"`` (change relative to the
             best score).
         mode: ``"max"`` (higher is better) or ``"min"`` (lower is better).
-        threshold: Ignite 0.5.5's name for ``min_delta``.
-        cumulative: Ignite 0.5.5's name for ``cumulative_delta``.
-        threshold_mode: Ignite 0.5.5's name for ``min_delta_mode``.
+        min_delta: the name of ``threshold`` before Ignite 0.5.5 (deprecated; wins over
+            ``threshold`` when both are given, with a ``DeprecationWarning``).
+        min_delta_mode: the old name of ``threshold_mode`` (deprecated, likewise).
+        cumulative_delta: the old name of ``cumulative`` (deprecated, likewise).
+
+    The old names also exist as attributes (``handler.min_delta`` reads and writes
+    ``handler.threshold``, with a ``DeprecationWarning``).
 
     Example:
         >>> handler = EarlyStopping(
@@ -67,48 +69,88 @@ class EarlyStopping:
         patience: int,
         score_function: Callable[[Engine], float],
         trainer: Engine,
-        min_delta: float = 0.0,
-        cumulative_delta: bool = False,
-        min_delta_mode: Literal["abs", "rel"] = "abs",
+        threshold: float = 0.0,
+        cumulative: bool = False,
+        threshold_mode: Literal["abs", "rel"] = "abs",
         mode: Literal["min", "max"] = "max",
-        *,
-        threshold: float | None = None,
-        cumulative: bool | None = None,
-        threshold_mode: Literal["abs", "rel"] | None = None,
+        min_delta: float | None = None,
+        min_delta_mode: Literal["abs", "rel"] | None = None,
+        cumulative_delta: bool | None = None,
     ) -> None:
-        min_delta = _pick("min_delta", min_delta, 0.0, "threshold", threshold)
-        cumulative_delta = _pick(
-            "cumulative_delta", cumulative_delta, False, "cumulative", cumulative
-        )
-        min_delta_mode = _pick(
-            "min_delta_mode", min_delta_mode, "abs", "threshold_mode", threshold_mode
-        )
+        if min_delta is not None:
+            _deprecated("min_delta", "threshold")
+            threshold = min_delta
+        if min_delta_mode is not None:
+            _deprecated("min_delta_mode", "threshold_mode")
+            threshold_mode = min_delta_mode
+        if cumulative_delta is not None:
+            _deprecated("cumulative_delta", "cumulative")
+            cumulative = cumulative_delta
         if not callable(score_function):
             raise TypeError(
-                f"score_function should be a callable taking an Engine, got {score_function!r}"
+                f"Argument score_function should be a function (taking the Engine), got {score_function!r}"
             )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience should be an int >= 1, got {patience!r}")
+            raise ValueError(f"Argument patience should be positive integer, got {patience!r}")
         if not isinstance(trainer, Engine):
-            raise TypeError(f"trainer should be an Engine, got {type(trainer).__name__}")
-        if not isinstance(min_delta, int | float) or min_delta < 0:
-            raise ValueError(f"min_delta should be a number >= 0, got {min_delta!r}")
-        if min_delta_mode not in ("abs", "rel"):
-            raise ValueError(f"min_delta_mode should be 'abs' or 'rel', got {min_delta_mode!r}")
+            raise TypeError(
+                f"Argument trainer should be an instance of Engine, got {type(trainer).__name__}"
+            )
+        if not isinstance(threshold, int | float) or threshold < 0:
+            raise ValueError(
+                f"Argument threshold should not be a negative number, got {threshold!r}"
+            )
+        if threshold_mode not in ("abs", "rel"):
+            raise ValueError(
+                f"Argument threshold_mode should be either 'abs' or 'rel', got {threshold_mode!r}"
+            )
         if mode not in ("min", "max"):
-            raise ValueError(f"mode should be 'min' or 'max', got {mode!r}")
+            raise ValueError(f"Argument mode should be either 'min' or 'max', got {mode!r}")
         self.patience = patience
         self.score_function = score_function
         self.trainer = trainer
-        self.min_delta = float(min_delta)
-        self.cumulative_delta = bool(cumulative_delta)
-        self.min_delta_mode = min_delta_mode
+        self.threshold = float(threshold)
+        self.cumulative = bool(cumulative)
+        self.threshold_mode = threshold_mode
         self.mode = mode
         self.counter = 0
         self.best_score: float | None = None
         # Set by load_state_dict so that the reset registered by ``attach`` on the resumed
         # run's STARTED keeps the loaded state instead of wiping it.
         self._just_loaded = False
+
+    @property
+    def min_delta(self) -> float:
+        """Deprecated name of :attr:`threshold`."""
+        _deprecated("min_delta", "threshold")
+        return self.threshold
+
+    @min_delta.setter
+    def min_delta(self, value: float) -> None:
+        _deprecated("min_delta", "threshold")
+        self.threshold = value
+
+    @property
+    def min_delta_mode(self) -> str:
+        """Deprecated name of :attr:`threshold_mode`."""
+        _deprecated("min_delta_mode", "threshold_mode")
+        return self.threshold_mode
+
+    @min_delta_mode.setter
+    def min_delta_mode(self, value: Literal["abs", "rel"]) -> None:
+        _deprecated("min_delta_mode", "threshold_mode")
+        self.threshold_mode = value
+
+    @property
+    def cumulative_delta(self) -> bool:
+        """Deprecated name of :attr:`cumulative`."""
+        _deprecated("cumulative_delta", "cumulative")
+        return self.cumulative
+
+    @cumulative_delta.setter
+    def cumulative_delta(self, value: bool) -> None:
+        _deprecated("cumulative_delta", "cumulative")
+        self.cumulative = value
 
     def __call__(self, engine: Engine) -> None:
         """Read the score from ``engine`` and count or reset the patience."""
@@ -123,15 +165,15 @@ class EarlyStopping:
             self.best_score = score
             self.counter = 0
             return
-        if not self.cumulative_delta:
+        if not self.cumulative:
             better = max if self.mode == "max" else min
             self.best_score = better(score, self.best_score)
         self._no_improvement(score)
 
     def _improves(self, score: float) -> bool:
         assert self.best_score is not None
-        delta = self.min_delta if self.mode == "max" else -self.min_delta
-        if self.min_delta_mode == "abs":
+        delta = self.threshold if self.mode == "max" else -self.threshold
+        if self.threshold_mode == "abs":
             bar = self.best_score + delta
         else:
             bar = self.best_score * (1.0 + delta)
@@ -144,8 +186,17 @@ class EarlyStopping:
             _log.info("EarlyStopping: no improvement in %d checks; stopping", self.patience)
             self.trainer.terminate()
 
-    def reset(self) -> None:
-        """Forget the best score and the count."""
+    def reset(self, *_: Any, from_event: bool = False) -> None:
+        """Forget the best score and the count.
+
+        Args:
+            from_event: set when a ``reset_event`` calls it: a reset right after
+                ``load_state_dict`` (the resumed run's ``STARTED``) then keeps the loaded
+                state. A direct call always resets.
+        """
+        if from_event and self._just_loaded:
+            self._just_loaded = False
+            return
         self.counter = 0
         self.best_score = None
         self._just_loaded = False
@@ -159,39 +210,43 @@ class EarlyStopping:
     ) -> None:
         """Check on ``event`` of ``engine``; reset on ``reset_event`` of ``reset_engine``.
 
-        Unlike Ignite, no reset is registered unless ``reset_engine`` is given: resetting on
-        the evaluator's own STARTED would undo every check. A reset that fires right after
-        ``load_state_dict`` (the resumed run's STARTED) keeps the loaded state.
+        Without ``reset_engine`` the reset goes on ``engine`` only when ``engine`` is the
+        trainer. Ignite also registers it on an evaluator's own ``STARTED``, which undoes
+        every check (the count never reaches ``patience``); here no reset is registered
+        then. A reset that fires right after ``load_state_dict`` (the resumed run's
+        ``STARTED``) keeps the loaded state.
 
         Args:
             engine: the engine whose event triggers the check (usually the evaluator).
             event: the triggering event.
             reset_engine: the engine whose ``reset_event`` resets the handler (usually the
-                trainer), or None for no reset.
+                trainer); None: the trainer if ``engine`` is the trainer, else no reset.
             reset_event: the resetting event.
 
         Example:
             >>> handler.attach(evaluator, reset_engine=trainer)
         """
         engine.add_event_handler(event, self)
+        if reset_engine is None and engine is self.trainer:
+            reset_engine = engine
         if reset_engine is not None:
-            reset_engine.add_event_handler(reset_event, self._reset_unless_loaded)
-
-    def _reset_unless_loaded(self, *args: Any) -> None:
-        if self._just_loaded:
-            self._just_loaded = False
-            return
-        self.reset()
+            reset_engine.add_event_handler(
+                reset_event, functools.partial(self.reset, from_event=True)
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        """Return ``{"counter": int, "best_score": float | None}``."""
-        return {"counter": self.counter, "best_score": self.best_score}
+        """Return ``{"counter": int, "best_score": float | None, "threshold_mode": str}``."""
+        return {
+            "counter": self.counter,
+            "best_score": self.best_score,
+            "threshold_mode": self.threshold_mode,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore ``counter`` and ``best_score`` saved by ``state_dict``.
+        """Restore ``counter``, ``best_score`` (and ``threshold_mode``, if saved).
 
         Raises:
-            ValueError: if a key is missing.
+            ValueError: if ``counter`` or ``best_score`` is missing.
         """
         missing = {"counter", "best_score"} - set(state_dict)
         if missing:
@@ -202,4 +257,5 @@ class EarlyStopping:
         self.counter = int(state_dict["counter"])
         best = state_dict["best_score"]
         self.best_score = None if best is None else float(best)
+        self.threshold_mode = state_dict.get("threshold_mode", self.threshold_mode)
         self._just_loaded = True

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from distengine.handlers.base_logger import BaseLogger
+from distengine.handlers.scalar_logger import (
+    GradsScalarHandler,
+    OptimizerParamsHandler,
+    OutputHandler,
+    ScalarLogger,
+    WeightsScalarHandler,
+)
+
+__all__ = [
+    "GradsScalarHandler",
+    "OptimizerParamsHandler",
+    "OutputHandler",
+    "TensorBoardLogger",
+    "TensorboardLogger",
+    "WeightsScalarHandler",
+]
 
 
 def _summary_writer_class() -> type:
@@ -18,7 +33,7 @@ def _summary_writer_class() -> type:
     return SummaryWriter
 
 
-class TensorBoardLogger(BaseLogger):
+class TensorBoardLogger(ScalarLogger):
     """Write logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
 
     Uses ``torch.utils.tensorboard.SummaryWriter`` (needs the optional ``tensorboard``
@@ -63,3 +78,7 @@ class TensorBoardLogger(BaseLogger):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+TensorboardLogger = TensorBoardLogger
+"""Ignite's spelling of :class:`TensorBoardLogger`."""

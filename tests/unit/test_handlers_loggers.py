@@ -135,7 +135,7 @@ def test_csv_append_refuses_a_foreign_file(tmp_path):
 def test_logger_argument_errors(tmp_path):
     trainer = Engine(lambda e, b: b)
     logger = CSVLogger(str(tmp_path / "x.csv"))
-    with pytest.raises(ValueError, match="metric_names or output_transform"):
+    with pytest.raises(ValueError, match="metric_names, output_transform or state_attributes"):
         logger.attach_output_handler(trainer, Events.ITERATION_COMPLETED, tag="t")
     with pytest.raises(TypeError, match="param_groups"):
         logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer=object())
@@ -167,3 +167,77 @@ def test_tensorboard_missing_gives_a_clear_import_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r"pip install 'distengine\[tensorboard\]'"):
         TensorBoardLogger(str(tmp_path))
+
+
+def test_ignite_handler_objects_write_through_the_scalar_loggers(tmp_path):
+    """Ignite's form (logger.attach(engine, OutputHandler(...), event)) and the weight and
+    gradient handlers write the same rows as the attach_* shortcuts."""
+    from distengine.handlers import GradsScalarHandler, OutputHandler, WeightsScalarHandler
+
+    model = torch.nn.Linear(2, 1)
+    model.weight.data.fill_(1.0)
+    model.bias.data.fill_(2.0)
+
+    def step(engine, batch):
+        model.zero_grad()
+        model(torch.ones(1, 2)).sum().backward()
+        return {"loss": torch.tensor(0.5), "parts": [1, 2]}
+
+    trainer = Engine(step)
+    path = str(tmp_path / "log.csv")
+    with CSVLogger(path) as logger:
+        logger.attach(
+            trainer,
+            OutputHandler("train", output_transform=lambda out: out),
+            Events.EPOCH_COMPLETED,
+        )
+        logger.attach(trainer, WeightsScalarHandler(model, whitelist=["weight"]), Events.COMPLETED)
+        logger.attach(trainer, GradsScalarHandler(model, tag="g"), Events.COMPLETED)
+        trainer.run([0], max_epochs=2)
+    rows = _read_csv(path)
+    assert [r["train/loss"] for r in rows if r["train/loss"]] == ["0.5", "0.5"]
+    assert [r["train/parts/1"] for r in rows if r["train/parts/1"]] == ["2", "2"]
+    weights = [r["weights_norm/weight"] for r in rows if r["weights_norm/weight"]]
+    grads = [r["g/grads_norm/bias"] for r in rows if r["g/grads_norm/bias"]]
+    assert [float(w) for w in weights] == [pytest.approx(2**0.5)]
+    assert "weights_norm/bias" not in rows[0]  # not whitelisted
+    assert grads == ["1.0"]
+
+
+def test_base_logger_calls_custom_handlers_per_event_of_an_events_list():
+    from distengine.handlers.base_logger import BaseLogger
+
+    class Recorder(BaseLogger):
+        def _create_output_handler(self, *args, **kwargs):
+            raise NotImplementedError
+
+        def _create_opt_params_handler(self, *args, **kwargs):
+            raise NotImplementedError
+
+    calls = []
+    trainer = Engine(lambda e, b: b)
+    logger = Recorder()
+    handles = logger.attach(
+        trainer,
+        lambda engine, lg, event, extra=None: calls.append((lg is logger, event.name, extra)),
+        Events.STARTED | Events.COMPLETED,
+        extra=7,
+    )
+    trainer.run([0], max_epochs=1)
+    assert calls == [(True, "STARTED", 7), (True, "COMPLETED", 7)] and len(handles) == 2
+    with pytest.raises(RuntimeError, match="Unknown event name"):
+        logger.attach(trainer, lambda *a: None, "not_an_event")
+
+
+def test_global_step_from_engine_options():
+    trainer = Engine(lambda e, b: None)
+    trainer.state.iteration, trainer.state.epoch = 12, 3
+    evaluator = Engine(lambda e, b: None)
+    assert global_step_from_engine(trainer)(evaluator, Events.COMPLETED) == 3
+    assert global_step_from_engine(trainer)(evaluator, Events.ITERATION_COMPLETED(every=5)) == 12
+    by_iteration = global_step_from_engine(trainer, custom_event_name=Events.ITERATION_COMPLETED)
+    assert by_iteration(evaluator, Events.EPOCH_COMPLETED) == 12
+    assert global_step_from_engine(trainer)(evaluator, "custom_event") == 3  # no counter: epoch
+    assert global_step_from_engine(trainer, fallback_attr="iteration")(evaluator, "custom") == 12
+    with pytest.raises(TypeError, match="fallback_attr"):
+        global_step_from_engine(trainer, fallback_attr=1)

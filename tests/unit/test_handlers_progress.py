@@ -36,7 +36,7 @@ def test_bar_shows_epoch_position_and_output():
     last = _last_render(out.getvalue())
     assert "Epoch [2/2]" in last and "[4/4]" in last and "100%" in last
     assert "loss=0.4" in last  # the output of the epoch's last iteration
-    assert "it/s" in last or "s/it" in last  # the iteration rate
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d\]$", last)  # Ignite's format: elapsed<remaining
 
 
 def test_bar_shows_chosen_metrics_only():
@@ -89,8 +89,8 @@ def test_filtered_event_advances_in_steps():
     )
     trainer.run(list(range(6)), max_epochs=1)
     positions = [m for f in _frames(out.getvalue()) for m in re.findall(r"\[(\d+)/6\]", f)]
-    # tqdm draws [0/6] when the bar opens; then only the filtered iterations.
-    assert set(positions) == {"0", "2", "4", "6"} and positions[-1] == "6"
+    # The bar opens at the first filtered iteration; then only the filtered iterations.
+    assert set(positions) == {"2", "4", "6"} and positions[-1] == "6"
 
 
 def test_epoch_level_bar():
@@ -127,9 +127,9 @@ def test_log_message_goes_to_the_bar_file():
 
 def test_attach_rejects_bad_events_and_arguments():
     trainer = Engine(lambda e, b: b)
-    with pytest.raises(ValueError, match="unfiltered"):
+    with pytest.raises(ValueError, match="should not be a filtered event"):
         ProgressBar().attach(trainer, closing_event_name=Events.EPOCH_COMPLETED(every=2))
-    with pytest.raises(ValueError, match="before"):
+    with pytest.raises(ValueError, match="should be called before closing event"):
         ProgressBar().attach(
             trainer,
             event_name=Events.EPOCH_COMPLETED,
@@ -139,3 +139,22 @@ def test_attach_rejects_bad_events_and_arguments():
         ProgressBar().attach(trainer, metric_names=3)
     with pytest.raises(TypeError, match="bar_format"):
         ProgressBar(bar_format=5)
+    with pytest.raises(TypeError, match="state_attributes"):
+        ProgressBar().attach(trainer, state_attributes="alpha")
+    with pytest.raises(ValueError, match="not in allowed events"):
+        ProgressBar().attach(trainer, event_name="not_an_event")
+
+
+def test_first_frame_shows_position_description_and_values_and_state_attributes():
+    """The bar draws lazily (tqdm's mininterval), but its first frame is already complete."""
+    out = io.StringIO()
+    trainer = Engine(lambda e, b: b)
+    trainer.state.alpha = 3.899
+    trainer.state.gamma = torch.tensor([21.0, 6.0])
+    ProgressBar(file=out, ncols=120).attach(
+        trainer, output_transform=lambda x: {"a": x}, state_attributes=["alpha", "gamma"]
+    )
+    trainer.run([1, 2, 3], max_epochs=2)
+    frames = _frames(out.getvalue())
+    assert frames[0].startswith("Epoch [1/2]: [1/3]  33%|")
+    assert frames[0].endswith(", a=1, alpha=3.9, gamma_0=21, gamma_1=6 [00:00<?]")

@@ -119,3 +119,24 @@ def test_throughput_custom_batch_size_and_errors():
         _throughput_run(["no tensor here"], max_epochs=1)
     with pytest.raises(ValueError, match="name"):
         ThroughputLogger(name="")
+
+
+def test_time_limit_terminates_after_the_budget(monkeypatch):
+    import distengine.handlers.time_limit as time_limit
+    from distengine.handlers import TimeLimit
+
+    now = [100.0]
+    monkeypatch.setattr(time_limit, "_clock", lambda: now[0])
+    handler = TimeLimit(limit_sec=10)
+
+    def step(engine, batch):
+        now[0] += 3.0  # every iteration "takes" 3 s
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
+    trainer.run(list(range(20)), max_epochs=1)
+    assert trainer.state.iteration == 4  # 12 s > 10 s after the 4th iteration
+    with pytest.raises(ValueError, match="positive integer"):
+        TimeLimit(0)
+    with pytest.raises(TypeError, match="should be an integer"):
+        TimeLimit(1.5)

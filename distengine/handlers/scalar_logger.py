@@ -1,0 +1,164 @@
+"""Loggers that write rows of scalars (CSV, TensorBoard) and the handlers they use.
+
+A :class:`ScalarLogger` says how to write one row (``_write(values, epoch, iteration,
+step)``); its handlers decide what goes in a row: :class:`OutputHandler` (metrics, output,
+state attributes), :class:`OptimizerParamsHandler` (a parameter of each group),
+:class:`WeightsScalarHandler` and :class:`GradsScalarHandler` (a reduction of each
+parameter or gradient). Rows of an evaluator logged with ``global_step_from_engine``
+carry the trainer's epoch and iteration.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from distengine.engine import Engine
+from distengine.handlers._scalars import to_scalars
+from distengine.handlers.base_logger import (
+    BaseLogger,
+    BaseOptimizerParamsHandler,
+    BaseOutputHandler,
+    BaseWeightsScalarHandler,
+    _default_step,
+    _StepFromEngine,
+)
+
+__all__ = [
+    "GradsScalarHandler",
+    "OptimizerParamsHandler",
+    "OutputHandler",
+    "ScalarLogger",
+    "WeightsScalarHandler",
+]
+
+
+def _scalar_logger(logger: Any, handler: Any) -> ScalarLogger:
+    if not isinstance(logger, ScalarLogger):
+        raise TypeError(
+            f"{type(handler).__name__} writes through a distengine ScalarLogger (CSVLogger, "
+            f"TensorBoardLogger), got {type(logger).__name__}"
+        )
+    return logger
+
+
+class OutputHandler(BaseOutputHandler):
+    """Logs metrics, the output and state attributes as ``{tag}/{name}`` scalars.
+
+    See :class:`~distengine.handlers.base_logger.BaseOutputHandler` for the arguments.
+
+    Example:
+        >>> logger.attach(
+        ...     evaluator,
+        ...     OutputHandler("validation", metric_names="all",
+        ...                   global_step_transform=global_step_from_engine(trainer)),
+        ...     Events.COMPLETED,
+        ... )  # doctest: +SKIP
+    """
+
+    def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
+        values = self._setup_output_metrics_state_attrs(engine, key_tuple=False)
+        _scalar_logger(logger, self)._log(engine, event_name, values, self.global_step_transform)
+
+
+class OptimizerParamsHandler(BaseOptimizerParamsHandler):
+    """Logs ``param_name`` of each parameter group as ``[{tag}/]{param_name}/group_{i}``.
+
+    Example:
+        >>> logger.attach(trainer, OptimizerParamsHandler(optimizer), Events.ITERATION_STARTED)  # doctest: +SKIP
+    """
+
+    def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
+        prefix = f"{self.tag}/{self.param_name}" if self.tag else self.param_name
+        values: dict[str, Any] = {}
+        for i, group in enumerate(self.optimizer.param_groups):
+            values.update(to_scalars(f"{prefix}/group_{i}", group[self.param_name]))
+        _scalar_logger(logger, self)._log(engine, event_name, values, None)
+
+
+class WeightsScalarHandler(BaseWeightsScalarHandler):
+    """Logs ``reduction(parameter)`` as ``[{tag}/]weights_{reduction}/{name}``.
+
+    Example:
+        >>> logger.attach(trainer, WeightsScalarHandler(model), Events.EPOCH_COMPLETED)  # doctest: +SKIP
+    """
+
+    _kind = "weights"
+
+    def _tensor(self, p: Any) -> Any:
+        return p.data
+
+    def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
+        prefix = f"{self.tag}/" if self.tag else ""
+        reduction = getattr(self.reduction, "__name__", "reduction")
+        values: dict[str, Any] = {}
+        for name, p in self.weights:
+            tensor = self._tensor(p)
+            if tensor is None:
+                continue
+            key = f"{prefix}{self._kind}_{reduction}/{name.replace('.', '/')}"
+            values.update(to_scalars(key, self.reduction(tensor)))
+        _scalar_logger(logger, self)._log(engine, event_name, values, None)
+
+
+class GradsScalarHandler(WeightsScalarHandler):
+    """Logs ``reduction(parameter.grad)`` as ``[{tag}/]grads_{reduction}/{name}`` (skips parameters without a gradient).
+
+    Example:
+        >>> logger.attach(trainer, GradsScalarHandler(model), Events.ITERATION_COMPLETED(every=100))  # doctest: +SKIP
+    """
+
+    _kind = "grads"
+
+    def _tensor(self, p: Any) -> Any:
+        return p.grad
+
+
+class ScalarLogger(BaseLogger):
+    """A logger that writes rows of scalars from the main process; subclasses say how.
+
+    Subclasses implement ``_write(values, epoch, iteration, step)`` (one row) and
+    ``_close()``.
+    """
+
+    def _create_output_handler(self, *args: Any, **kwargs: Any) -> OutputHandler:
+        tag = kwargs.get("tag", args[0] if args else None)
+        if not isinstance(tag, str):
+            raise TypeError(f"tag should be a str, got {type(tag).__name__}")
+        return OutputHandler(*args, **kwargs)
+
+    def _create_opt_params_handler(self, *args: Any, **kwargs: Any) -> OptimizerParamsHandler:
+        return OptimizerParamsHandler(*args, **kwargs)
+
+    @abstractmethod
+    def _write(self, values: dict[str, float | int], epoch: int, iteration: int, step: int) -> None:
+        """Write one event's values, labelled with epoch, iteration and step."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Flush and release the output, if it was opened."""
+
+    def _log(
+        self,
+        engine: Engine,
+        event_name: Any,
+        values: dict[str, Any],
+        global_step_transform: Callable[[Engine, Any], int] | None,
+    ) -> None:
+        if not values:
+            return
+        labels = (
+            global_step_transform.engine
+            if isinstance(global_step_transform, _StepFromEngine)
+            else engine
+        )
+        if global_step_transform is not None:
+            step = int(global_step_transform(engine, event_name))
+        else:
+            step = _default_step(engine, event_name)
+        self._write(values, labels.state.epoch, labels.state.iteration, step)
+
+    def close(self) -> None:
+        """Flush and close the output (no-op on ranks that write nothing)."""
+        self._close()
