@@ -1,17 +1,22 @@
 """A sampler whose order is a pure function of (seed, data pass) and that can start mid-pass.
 
-Layout of one pass (``N`` samples, global batch ``B``, ``W`` ranks, ``b = B // W``):
+Layout of one pass (``N`` samples, global batch ``B``, ``W`` ranks):
 
 - the *stream* is a permutation of ``range(N)`` (identity when ``shuffle=False``),
   drawn from ``(seed, pass)``; with ``drop_last`` the last partial global batch is cut,
   otherwise the stream is padded at its end by wrapping around to its start;
-- global batch ``k`` is ``stream[k*B:(k+1)*B]`` and rank ``r`` takes the slice
-  ``[k*B + r*b, k*B + (r+1)*b)`` of it.
+- global batch ``k`` is ``stream[k*B:(k+1)*B]`` and rank ``r`` takes a contiguous slice of
+  it: ``b_r`` samples starting at offset ``o_r``. With ``B`` divisible by ``W`` every rank
+  takes ``B // W``; otherwise the first ``B % W`` ranks take one more (``B = 10``,
+  ``W = 3``: 4, 3, 3), so the global batch never changes with the world size.
 
 So every rank gets the same number of batches, the global batches do not depend on the
 world size, and a pass can restart at any global sample offset without touching the
 samples before it. Padded rows are always at the end of a rank's batch;
-:meth:`padding_in_batch` says how many, and metrics skip them.
+:meth:`padding_in_batch` says how many, and metrics skip them. With unequal shares a
+rank's mean loss must count in proportion to its share for the gradient to be the mean
+over the global batch: :attr:`ResumableDistributedSampler.loss_weight` is that factor
+(exactly 1.0 when the shares are equal).
 """
 
 from __future__ import annotations
@@ -85,9 +90,9 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
             raise ValueError(
                 f"Expected 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}"
             )
-        if global_batch_size % num_replicas:
+        if global_batch_size < num_replicas:
             raise ValueError(
-                f"The global batch size must be divisible by the world size: got batch_size="
+                f"The global batch must hold at least one sample per rank: got batch_size="
                 f"{global_batch_size} for {num_replicas} ranks"
             )
         if drop_last and n < global_batch_size:
@@ -96,7 +101,11 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
             )
         self.num_samples_total = n
         self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // num_replicas
+        share, extra = divmod(global_batch_size, num_replicas)
+        self.local_batch_size = share + (1 if rank < extra else 0)
+        """This rank's samples per batch (its share of the global batch)."""
+        self.rank_offset = rank * share + min(rank, extra)
+        """Where this rank's share starts in each global batch."""
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle
@@ -141,9 +150,26 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
         """Padded samples in one pass (all ranks)."""
         return max(0, self.pass_length - self.num_samples_total)
 
+    @property
+    def loss_weight(self) -> float:
+        """Factor for this rank's mean loss so that DDP's gradient average is the mean over
+        the global batch: ``world_size * local_batch_size / global_batch_size``.
+
+        Exactly 1.0 when the global batch divides by the world size (so multiplying by it
+        changes nothing); with unequal shares (``B = 10`` on 3 ranks: 1.2, 0.9, 0.9) it
+        makes the optimizer see the same gradient at any world size, to float tolerance.
+        ``create_supervised_trainer`` applies it; a hand-written step multiplies its loss
+        by it before ``backward``.
+
+        Example:
+            >>> [ResumableDistributedSampler(30, 10, num_replicas=3, rank=r).loss_weight for r in range(3)]
+            [1.2, 0.9, 0.9]
+        """
+        return self.num_replicas * self.local_batch_size / self.global_batch_size
+
     def padding_in_batch(self, k: int) -> int:
         """Padded rows at the end of this rank's ``k``-th batch of the pass."""
-        lo = k * self.global_batch_size + self.rank * self.local_batch_size
+        lo = k * self.global_batch_size + self.rank_offset
         hi = lo + self.local_batch_size
         return max(0, hi - max(lo, self.num_samples_total))
 
@@ -177,10 +203,10 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
     # --- Sampler -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         stream = self.stream()
-        b, lb = self.global_batch_size, self.local_batch_size
+        b, lb, lo = self.global_batch_size, self.local_batch_size, self.rank_offset
         first = self.start // b
-        # rank r's indices: for each global batch k, the slice [k*b + r*lb, k*b + (r+1)*lb)
-        mine = stream.view(self.num_batches, self.num_replicas, lb)[first:, self.rank].reshape(-1)
+        # rank r's indices: for each global batch k, the slice [k*b + o_r, k*b + o_r + b_r)
+        mine = stream.view(self.num_batches, b)[first:, lo : lo + lb].reshape(-1)
         if self.keyed:
             seed, epoch = self.seed, self.epoch
             return ((seed, epoch, i) for i in mine.tolist())

@@ -14,6 +14,7 @@ Example:
 
 from .agreement import agree_flags, check_in_sync, rendezvous_check
 from .collectives import all_gather, all_reduce, barrier, broadcast, one_rank_first
+from .hangs import register_status_provider, unregister_status_provider, watch_collective
 from .launch import Parallel, spawn
 from .queries import (
     backend,
@@ -49,8 +50,11 @@ __all__ = [
     "is_main_process",
     "notify_failure",
     "one_rank_first",
+    "register_status_provider",
     "rendezvous_check",
     "spawn",
+    "unregister_status_provider",
+    "watch_collective",
 ]
 
 from .auto_data import auto_dataloader  # noqa: E402  (last: it imports distengine.data and engine)

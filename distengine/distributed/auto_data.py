@@ -25,9 +25,12 @@ def auto_dataloader(
 ) -> DataLoader:
     """A DataLoader for this rank: ``batch_size`` is the **global** batch (Ignite's meaning).
 
-    Each rank gets ``batch_size // world_size`` samples per batch from one global
+    Each rank gets its share of ``batch_size`` samples per batch (``batch_size //
+    world_size``; when that does not divide, the first ranks take one more, and
+    ``loader.sampler.loss_weight`` corrects their losses' weights) from one global
     permutation per data pass (:class:`~distengine.data.ResumableDistributedSampler`), so
-    iterations per epoch do not depend on the world size and an
+    the global batches and the iterations per epoch do not depend on the world size (an
+    elastic job can resume at any world size) and an
     :class:`~distengine.engine.Engine` can resume mid-pass without fetching skipped samples.
     The dataset is wrapped in :class:`~distengine.data.SeededDataset` so random augmentation
     depends only on ``(seed, pass, index)``, and the loader has its own
@@ -41,7 +44,7 @@ def auto_dataloader(
 
     Args:
         dataset: a map-style dataset.
-        batch_size: the global batch size; must be divisible by the world size.
+        batch_size: the global batch size; at least the world size.
         shuffle: a new permutation per data pass (``False``: dataset order, for evaluation).
         num_workers: DataLoader worker processes.
         drop_last: drop the last partial global batch instead of padding it.
@@ -70,9 +73,9 @@ def auto_dataloader(
         raise ValueError(
             f"batch_size must be a positive int (the global batch), got {batch_size!r}"
         )
-    if batch_size % world_size:
+    if batch_size < world_size:
         raise ValueError(
-            f"batch_size is the global batch and must be divisible by the world size: got "
+            f"batch_size is the global batch and needs at least one sample per rank: got "
             f"batch_size={batch_size} with world size {world_size}"
         )
     seeded = dataset if isinstance(dataset, SeededDataset) else SeededDataset(dataset)
@@ -94,7 +97,7 @@ def auto_dataloader(
     generator.manual_seed(0)  # only worker base seeds come from it; samples are seeded per key
     return DataLoader(
         seeded,
-        batch_size=batch_size // world_size,
+        batch_size=sampler.local_batch_size,
         sampler=sampler,
         num_workers=num_workers,
         drop_last=False,

@@ -33,7 +33,13 @@ import torch.distributed as dist
 # with init_process_group — captures ``None`` instead.
 import torch.distributed.nn  # noqa: F401, E402
 
-from .env import LauncherEnv, failure_timeout_from_env, read_env
+from .env import (
+    LauncherEnv,
+    failure_timeout_from_env,
+    hang_timeout_from_env,
+    launcher_pid,
+    read_env,
+)
 from .stores import connect_store, watch_connection
 from .teardown import release_ddp_modules
 from .watchdog import ALL_RELEASED, FAILURE_EXIT_CODE, FailureWatchdog, record_failure
@@ -73,6 +79,7 @@ class Runtime:
     pid: int = field(default_factory=os.getpid)
     failed: bool = False
     previous_excepthook: Any = None
+    hang_timeout: float | None = None
 
     @property
     def hosts_store(self) -> bool:
@@ -179,8 +186,12 @@ def initialize(
     (as set by torchrun or :func:`spawn`). Backend ``nccl`` when CUDA is available, else
     ``gloo``; under NCCL the CUDA device is set from ``LOCAL_RANK`` and a gloo side group is
     created for CPU agreement. At world size > 1 a watchdog thread ends this process when
-    another rank reports a failure. Calling it again is a no-op. You rarely need to call
-    it: any distengine call that needs the group initializes it on first use.
+    another rank reports a failure, and reports a hang when an agreement or checkpoint
+    collective waits longer than ``DISTENGINE_HANG_TIMEOUT`` (default 600 s). Under
+    torchrun's agent or :func:`spawn` the same thread ends this process (exit status 1)
+    when its launcher is gone, so a SIGKILLed agent leaves no orphan. Calling it again is
+    a no-op. You rarely need to call it: any distengine call that needs the group
+    initializes it on first use.
 
     Args:
         backend: ``"gloo"``, ``"nccl"`` or another torch backend; default as above.
@@ -191,7 +202,8 @@ def initialize(
 
     Raises:
         ValueError: incomplete launcher variables, ``nccl`` without CUDA, non-positive
-            timeouts, or a backend different from the one already initialized.
+            timeouts, a malformed ``DISTENGINE_HANG_TIMEOUT``, or a backend different from
+            the one already initialized.
         TypeError: a timeout or backend of the wrong type.
 
     Example:
@@ -219,9 +231,11 @@ def initialize(
         ft = failure_timeout_from_env() if failure_timeout is None else failure_timeout
         if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not ft > 0:
             raise ValueError(f"failure_timeout must be a number of seconds > 0, got {ft!r}")
+        hang_timeout = hang_timeout_from_env()
         _finalized = False
         if env is None:
             return
+        parent = launcher_pid()
         if dist.is_initialized():
             current = dist.get_backend()
             if backend is not None and backend != current:
@@ -261,13 +275,22 @@ def initialize(
             base_store=base,
             owns_group=owns_group,
             cpu_group=cpu_group,
+            hang_timeout=hang_timeout,
         )
         if env.world_size > 1:
             rt.watch_store = watch_connection(env, pg_timeout) if owns_group else rt.keys
+        if env.world_size > 1 or parent is not None:
             rt.watchdog = FailureWatchdog(
-                rt.watch_store, env.rank, env.world_size, rt.failure_timeout
+                rt.watch_store,
+                env.rank,
+                env.world_size,
+                rt.failure_timeout,
+                hang_timeout=hang_timeout if env.world_size > 1 else None,
+                launcher_pid=parent,
+                hosts_store=rt.hosts_store,
             )
             rt.watchdog.start()
+        if env.world_size > 1:
             rt.previous_excepthook = sys.excepthook
             sys.excepthook = _excepthook
         _runtime = rt

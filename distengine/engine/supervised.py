@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from distengine.engine.datapass import find_resumable_sampler
 from distengine.engine.engine import Engine
 from distengine.engine.events import Events
 
@@ -69,7 +70,11 @@ def create_supervised_trainer(
     ``gradient_accumulation_steps`` iterations) the optimizer step.
 
     Works with a DDP model from ``idist.auto_model``: accumulating steps run under
-    ``no_sync`` so gradients are all-reduced once per optimizer step. ``amp_mode="amp"``
+    ``no_sync`` so gradients are all-reduced once per optimizer step. When the global batch
+    of an ``auto_dataloader`` does not divide by the world size (an elastic job resumed on
+    another number of ranks), ranks hold unequal shares and each rank's loss is weighted by
+    its share (``loader.sampler.loss_weight``), so the optimizer gets the gradient of the
+    same global batch at any world size. ``amp_mode="amp"``
     uses ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU, or ``amp_dtype``) and
     ``scaler=True`` a ``GradScaler``. The default output is the loss as a detached tensor
     (no host sync per iteration; Ignite returns ``loss.item()``).
@@ -90,8 +95,9 @@ def create_supervised_trainer(
     grad_scaler = _make_scaler(scaler, amp_mode, device)
     accumulate = gradient_accumulation_steps
     no_sync = getattr(model, "no_sync", None)
+    share = _ShareWeight()
 
-    def forward_backward(x: Any, y: Any) -> tuple[Any, torch.Tensor]:
+    def forward_backward(x: Any, y: Any, weight: float) -> tuple[Any, torch.Tensor]:
         if amp_mode is None:  # no context managers on the plain path: they cost per iteration
             y_pred = model_transform(model_fn(model, x))
             loss = loss_fn(y_pred, y)
@@ -99,7 +105,8 @@ def create_supervised_trainer(
             with autocast():
                 y_pred = model_transform(model_fn(model, x))
                 loss = loss_fn(y_pred, y)
-        scaled = loss / accumulate if accumulate > 1 else loss
+        weighted = loss * weight if weight != 1.0 else loss  # unequal shares of the global batch
+        scaled = weighted / accumulate if accumulate > 1 else weighted
         if grad_scaler is not None:
             grad_scaler.scale(scaled).backward()
         else:
@@ -114,11 +121,12 @@ def create_supervised_trainer(
         if accumulate == 1 or (it - 1) % accumulate == 0:
             optimizer.zero_grad(set_to_none=True)
         x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
+        weight = share(engine)
         if no_sync is not None and not stepping:
             with no_sync():  # DDP: all-reduce gradients only on the stepping iteration
-                y_pred, loss = forward_backward(x, y)
+                y_pred, loss = forward_backward(x, y, weight)
         else:
-            y_pred, loss = forward_backward(x, y)
+            y_pred, loss = forward_backward(x, y, weight)
         if stepping:
             if grad_scaler is not None:
                 grad_scaler.step(optimizer)
@@ -133,6 +141,22 @@ def create_supervised_trainer(
     if deterministic:
         trainer.add_event_handler(Events.STARTED, _enable_determinism)
     return trainer
+
+
+class _ShareWeight:
+    """This rank's loss weight for the engine's current data (1.0 unless shares differ)."""
+
+    def __init__(self) -> None:
+        self._data: Any = None
+        self._weight = 1.0
+
+    def __call__(self, engine: Engine) -> float:
+        data = engine.state.dataloader
+        if data is not self._data:  # looked up once per loader, not per iteration
+            self._data = data
+            sampler = find_resumable_sampler(data) if data is not None else None
+            self._weight = float(getattr(sampler, "loss_weight", 1.0))
+        return self._weight
 
 
 def _enable_determinism() -> None:

@@ -72,7 +72,10 @@ def test_eval_every_sample_once_without_padding():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(data_source=10, global_batch_size=5, num_replicas=2, rank=0), "divisible"),
+        (
+            dict(data_source=10, global_batch_size=1, num_replicas=2, rank=0),
+            "at least one sample per rank",
+        ),
         (dict(data_source=0, global_batch_size=4, num_replicas=1, rank=0), "non-empty"),
         (dict(data_source=10, global_batch_size=0, num_replicas=1, rank=0), "positive"),
         (dict(data_source=10, global_batch_size=4, num_replicas=2, rank=2), "rank"),
