@@ -443,7 +443,8 @@ class FailureWatchdog:
         # Nothing is written to the store: it may have died with the launcher (torchrun's
         # agent hosts it), and the peers learn of this rank's end from their collectives.
         assert self._parent is not None
-        _kill_children()
+        if self._exit_fn is _flush_and_exit:  # the process really ends: so do its children
+            _kill_children()
         self._end(
             f"rank {self._rank}: the launcher that started this process (pid {self._parent.pid}) "
             f"is gone; ending this worker (exit status {FAILURE_EXIT_CODE}) so that it does not "

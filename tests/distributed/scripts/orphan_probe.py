@@ -4,7 +4,8 @@
     python orphan_probe.py OUT --spawn 2                             # idist.spawn's parent
 
 Every rank writes its pid to ``OUT/rank{R}.pid`` and the pid of its DataLoader worker to
-``OUT/rank{R}.loader.pid``, then trains forever (one agreement per iteration). The
+``OUT/rank{R}.loader.pid``, then trains forever (one agreement per iteration, epochs of 1000 iterations: no DataLoader
+restart while the test watches, which could end an orphan for unrelated reasons). The
 launcher (``OUT/launcher.pid`` for ``--spawn``) is then SIGKILLed by the test, which
 checks that every one of these processes ends within a bound.
 """
@@ -37,7 +38,7 @@ class _LoaderInit:
 def train_forever(local_rank: int, out: str) -> None:
     rank = idist.get_rank()
     base = Path(out)
-    ds = torch.utils.data.TensorDataset(torch.arange(64.0))
+    ds = torch.utils.data.TensorDataset(torch.arange(4000.0))
     loader = idist.auto_dataloader(
         ds,
         batch_size=2 * idist.get_world_size(),
@@ -46,7 +47,7 @@ def train_forever(local_rank: int, out: str) -> None:
     )
     trainer = Engine(lambda engine, batch: time.sleep(0.05))
     trainer.add_event_handler(
-        Events.ITERATION_COMPLETED(once=2), lambda: _write(base / f"rank{rank}.pid", os.getpid())
+        Events.ITERATION_COMPLETED(once=5), lambda: _write(base / f"rank{rank}.pid", os.getpid())
     )
     trainer.run(loader, max_epochs=10_000, seed=0)
 
