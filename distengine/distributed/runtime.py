@@ -6,7 +6,7 @@ distengine call that needs the group goes through :func:`active`, which creates 
 use when launcher variables are present. Without them the process is a job of one and
 :func:`active` returns ``None``.
 
-Teardown order matters on torch 2.13 (PLATFORM_NOTES.md): DDP modules are released first
+Teardown order matters on torch 2.13 (docs/internals.md, "Platform facts"): DDP modules are released first
 (see :mod:`.teardown`), then the process groups are destroyed, then the stores are
 dropped. A process that reported a failure does not tear down at all: its peers are dying,
 so it flushes its output and exits with status 1.
@@ -395,7 +395,7 @@ def finalize() -> None:
             dist.destroy_process_group()
         _runtime = None
         rt.cpu_group = None
-        # Stores last: the group must be gone before its store (PLATFORM_NOTES.md).
+        # Stores last: the group must be gone before its store (docs/internals.md).
         rt.watch_store = rt.keys = rt.store = rt.base_store = None  # type: ignore[assignment]
 
 
