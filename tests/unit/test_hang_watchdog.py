@@ -146,7 +146,12 @@ def _marker(name):
 def test_status_providers_are_weak_and_errors_are_reported():
     class Eng:
         def status(self):
-            return {"engine": "step", "epoch": 2, "iteration": 9, "last_event": "GET_BATCH_STARTED"}
+            return {
+                "engine": "weakly-held",
+                "epoch": 2,
+                "iteration": 9,
+                "last_event": "GET_BATCH_STARTED",
+            }
 
     def broken():
         raise RuntimeError("no")
@@ -157,7 +162,7 @@ def test_status_providers_are_weak_and_errors_are_reported():
     try:
         status = hangs.current_status()
         assert {
-            "engine": "step",
+            "engine": "weakly-held",
             "epoch": 2,
             "iteration": 9,
             "last_event": "GET_BATCH_STARTED",
@@ -165,7 +170,7 @@ def test_status_providers_are_weak_and_errors_are_reported():
         assert {"status_error": "RuntimeError: no"} in status
         del e
         gc.collect()
-        assert not any(s.get("engine") == "step" for s in hangs.current_status())
+        assert not any(s.get("engine") == "weakly-held" for s in hangs.current_status())
     finally:
         idist.unregister_status_provider(broken)
     with pytest.raises(TypeError):
