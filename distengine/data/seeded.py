@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import struct
 import sys
 from typing import Any
 
@@ -90,34 +91,67 @@ def _seed_all(seed: int) -> None:
 
 
 class _NumpyState:
-    """Saves/restores numpy's global MT19937 state with one memcpy of its C struct (~1 us)
-    instead of ``get_state``/``set_state`` (~70 us per sample); falls back to those when
-    the bit generator does not expose its state address."""
+    """Saves/restores numpy's global RandomState exactly and cheaply.
 
-    _SIZE = 624 * 4 + 4  # mt19937_state: uint32 key[624]; int pos
+    Its state is the MT19937 struct of the bit generator *and* the cached Gaussian of the
+    legacy ``RandomState`` (``has_gauss``, ``gauss``: ``np.random.normal`` draws values in
+    pairs and keeps the second). Both are copied with ``memmove`` (~1 us) instead of
+    ``get_state``/``set_state`` (~70 us each). The Gaussian cache has no public address, so
+    its offset in the ``RandomState`` object is found once by writing two marker values
+    through ``set_state`` into a scratch instance and locating them; if anything about that
+    layout is not as expected the slow public calls are used instead.
+    """
+
+    _MT_SIZE = 624 * 4 + 4  # mt19937_state: uint32 key[624]; int pos
+    _AUG_SIZE = 16  # int has_gauss (padded to 8 bytes); double gauss
 
     def __init__(self, np: Any):
         self.np = np
-        self.addr = None
+        self.rand = np.random.mtrand._rand
+        self.mt_addr = self.aug_addr = None
         try:
-            bitgen = np.random.mtrand._rand._bit_generator
+            bitgen = self.rand._bit_generator
             if type(bitgen).__name__ == "MT19937":
-                self.addr = bitgen.ctypes.state_address
-        except AttributeError:
-            self.addr = None
+                offset = _gauss_offset(np)
+                if offset is not None:
+                    self.mt_addr = bitgen.ctypes.state_address
+                    self.aug_addr = id(self.rand) + offset
+        except (AttributeError, TypeError, ValueError):
+            self.mt_addr = self.aug_addr = None
 
     def save(self) -> Any:
-        if self.addr is None:
+        if self.mt_addr is None:
             return self.np.random.get_state()
-        buf = ctypes.create_string_buffer(self._SIZE)
-        ctypes.memmove(buf, self.addr, self._SIZE)
+        buf = ctypes.create_string_buffer(self._MT_SIZE + self._AUG_SIZE)
+        ctypes.memmove(buf, self.mt_addr, self._MT_SIZE)
+        ctypes.memmove(ctypes.addressof(buf) + self._MT_SIZE, self.aug_addr, self._AUG_SIZE)
         return buf
 
     def restore(self, saved: Any) -> None:
-        if self.addr is None:
+        if self.mt_addr is None:
             self.np.random.set_state(saved)
-        else:
-            ctypes.memmove(self.addr, saved, self._SIZE)
+            return
+        ctypes.memmove(self.mt_addr, saved, self._MT_SIZE)
+        ctypes.memmove(self.aug_addr, ctypes.addressof(saved) + self._MT_SIZE, self._AUG_SIZE)
+
+
+def _gauss_offset(np: Any) -> int | None:
+    """Offset of ``has_gauss`` in a legacy ``RandomState`` object (``gauss`` follows 8 bytes
+    later), found with marker values; ``None`` if the layout is not the expected one."""
+    rs = np.random.RandomState(0)
+    kind, keys, pos, _, _ = rs.get_state()
+    size = type(rs).__basicsize__
+    found = None
+    for has_gauss, marker in ((1, 1.2345678901234567e-300), (0, -9.876543210987654e-299)):
+        rs.set_state((kind, keys, pos, has_gauss, marker))
+        raw = ctypes.string_at(id(rs), size)
+        at = raw.find(struct.pack("d", marker))
+        if at < 8 or (found is not None and at - 8 != found):
+            return None
+        if struct.unpack("i", raw[at - 8 : at - 4])[0] != has_gauss:
+            return None
+        found = at - 8
+    return found
 
 
 _numpy_state: _NumpyState | None = None

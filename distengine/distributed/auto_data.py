@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -25,29 +26,33 @@ def auto_dataloader(
 ) -> DataLoader:
     """A DataLoader for this rank: ``batch_size`` is the **global** batch (Ignite's meaning).
 
-    Each rank gets its share of ``batch_size`` samples per batch (``batch_size //
-    world_size``; when that does not divide, the first ranks take one more, and
-    ``loader.sampler.loss_weight`` corrects their losses' weights) from one global
-    permutation per data pass (:class:`~distengine.data.ResumableDistributedSampler`), so
-    the global batches and the iterations per epoch do not depend on the world size (an
-    elastic job can resume at any world size) and an
-    :class:`~distengine.engine.Engine` can resume mid-pass without fetching skipped samples.
+    All ranks together read global batch ``k`` of one permutation per data pass
+    (:class:`~distengine.data.ResumableDistributedSampler`): rank ``r`` takes
+    ``batch_size // world_size`` samples of it, one more for the first
+    ``batch_size % world_size`` ranks. So the global batches do not depend on the world
+    size (a run resumes at another world size on the same batches) and an
+    :class:`~distengine.engine.Engine` resumes mid-pass without fetching skipped samples.
     The dataset is wrapped in :class:`~distengine.data.SeededDataset` so random augmentation
-    depends only on ``(seed, pass, index)``, and the loader has its own
-    ``torch.Generator``, so creating an iterator never draws from the global RNG. Its
-    workers ignore SIGTERM and SIGUSR1, so a preemption signal sent to the whole process
-    group cannot kill them while the main process writes its checkpoint.
+    depends only on ``(seed, pass, index)``, and the loader has its own ``torch.Generator``,
+    so creating an iterator never draws from the global RNG. Its workers ignore SIGTERM and
+    SIGUSR1, so a preemption signal sent to the whole process group cannot kill them while
+    the main process writes its checkpoint.
 
-    With ``drop_last=False`` the last partial global batch is padded (by wrapping around);
-    ``engine.state.batch_padding`` says how many rows of a batch are padding and metrics
-    skip them, so evaluation counts every sample exactly once.
+    Padding: nothing is padded at world size 1. At world size > 1 a rank left with no sample
+    of the last, shorter global batch gets one padding row so that every rank runs the same
+    number of iterations; ``engine.state.batch_padding`` marks it and metrics skip it, so
+    evaluation counts every sample exactly once, and ``create_supervised_trainer`` gives it a
+    zero gradient. When ranks hold unequal shares of a batch, ``create_supervised_trainer``
+    weights each rank's loss by ``engine.state.batch_loss_scale``, so the gradient is the one
+    of the mean over the global batch; a custom process function must do the same.
 
     Args:
         dataset: a map-style dataset.
-        batch_size: the global batch size; at least the world size.
+        batch_size: the global batch size (any positive int; see above).
         shuffle: a new permutation per data pass (``False``: dataset order, for evaluation).
-        num_workers: DataLoader worker processes.
-        drop_last: drop the last partial global batch instead of padding it.
+        num_workers: DataLoader worker processes **per node**, as in Ignite: each rank starts
+            ``ceil(num_workers / processes per node)``.
+        drop_last: drop the last partial global batch instead of delivering it.
         pin_memory: default: ``True`` when CUDA is the device.
         **kwargs: other DataLoader arguments (``collate_fn``, ``persistent_workers`` …).
 
@@ -55,8 +60,8 @@ def auto_dataloader(
         >>> import torch
         >>> ds = torch.utils.data.TensorDataset(torch.arange(10.0))
         >>> loader = auto_dataloader(ds, batch_size=4, shuffle=False)
-        >>> len(loader)
-        3
+        >>> [len(b[0]) for b in loader]  # alone: no padding, a shorter last batch
+        [4, 4, 2]
     """
     from distengine import distributed as idist
 
@@ -69,15 +74,12 @@ def auto_dataloader(
         if key in kwargs:
             raise ValueError(f"auto_dataloader builds its own {key}; do not pass {key}=")
     world_size, rank = idist.get_world_size(), idist.get_rank()
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
             f"batch_size must be a positive int (the global batch), got {batch_size!r}"
         )
-    if batch_size < world_size:
-        raise ValueError(
-            f"batch_size is the global batch and needs at least one sample per rank: got "
-            f"batch_size={batch_size} with world size {world_size}"
-        )
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     seeded = dataset if isinstance(dataset, SeededDataset) else SeededDataset(dataset)
     sampler = ResumableDistributedSampler(
         seeded,
@@ -88,8 +90,20 @@ def auto_dataloader(
         drop_last=drop_last,
         keyed=True,
     )
+    if shuffle and batch_size % world_size and rank == 0:
+        shares = sorted({batch_size // world_size, -(-batch_size // world_size)}, reverse=True)
+        warnings.warn(
+            f"batch_size={batch_size} is not divisible by the world size {world_size}: ranks take "
+            f"{' or '.join(map(str, shares))} samples of each global batch. "
+            "create_supervised_trainer weights each rank's loss so that the gradient is the "
+            "mean over the global batch; a custom process function must multiply its mean loss "
+            "by engine.state.batch_loss_scale",
+            stacklevel=2,
+        )
     if pin_memory is None:
         pin_memory = "cuda" in str(idist.device())
+    nproc_per_node = max(1, world_size // idist.get_nnodes())
+    num_workers = -(-num_workers // nproc_per_node)
     user_init = kwargs.pop("worker_init_fn", None)
     if num_workers > 0:
         kwargs["worker_init_fn"] = _WorkerInit(user_init)
@@ -97,7 +111,7 @@ def auto_dataloader(
     generator.manual_seed(0)  # only worker base seeds come from it; samples are seeded per key
     return DataLoader(
         seeded,
-        batch_size=sampler.local_batch_size,
+        batch_size=sampler.loader_batch_size,
         sampler=sampler,
         num_workers=num_workers,
         drop_last=False,

@@ -1,5 +1,6 @@
 """The Engine, its events and state, and supervised trainer/evaluator factories."""
 
+from distengine.engine.deterministic import DeterministicEngine
 from distengine.engine.engine import Engine
 from distengine.engine.events import (
     CallableEventWithFilter,
@@ -9,10 +10,18 @@ from distengine.engine.events import (
     RemovableEventHandle,
 )
 from distengine.engine.state import State
-from distengine.engine.supervised import create_supervised_evaluator, create_supervised_trainer
+from distengine.engine.supervised import (
+    create_supervised_evaluator,
+    create_supervised_trainer,
+    supervised_evaluation_step,
+    supervised_evaluation_step_amp,
+    supervised_training_step,
+    supervised_training_step_amp,
+)
 
 __all__ = [
     "CallableEventWithFilter",
+    "DeterministicEngine",
     "Engine",
     "EventEnum",
     "Events",
@@ -21,4 +30,8 @@ __all__ = [
     "State",
     "create_supervised_evaluator",
     "create_supervised_trainer",
+    "supervised_evaluation_step",
+    "supervised_evaluation_step_amp",
+    "supervised_training_step",
+    "supervised_training_step_amp",
 ]

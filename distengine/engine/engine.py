@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
@@ -11,20 +12,39 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from distengine import distributed as idist
-from distengine.engine.datapass import DataPass
+from distengine.engine.datapass import data_length
 from distengine.engine.events import Events
 from distengine.engine.preemption import Preempted, catch_preemption
+from distengine.engine.progress import RunPosition, check_limit_reached, check_position_dict
 from distengine.engine.rank_state import RankState
 from distengine.engine.registry import EventRegistry
-from distengine.engine.resume import apply_state_dict, build_state_dict
-from distengine.engine.run_setup import check_engine_args, prepare_run
+from distengine.engine.run_setup import (
+    agree_on_run,
+    check_process_function,
+    check_run_arguments,
+)
 from distengine.engine.state import State
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Stop"]
 
-# Agreement flags (docs/internals.md): OR-ed across ranks once per iteration.
-TERMINATE, TERMINATE_EPOCH, INTERRUPT, SKIP_COMPLETED, PREEMPT = 1, 2, 4, 8, 16
-SKIP_EPOCH_COMPLETED = 32
+
+class Stop(enum.IntFlag):
+    """Stop requests, OR-ed across ranks once per iteration (see ``docs/internals.md``).
+
+    A request made on any rank is acted upon on every rank at the end of the same
+    iteration; at world size 1 it is acted upon right after the event that made it.
+    """
+
+    TERMINATE = 1
+    TERMINATE_EPOCH = 2
+    INTERRUPT = 4
+    SKIP_COMPLETED = 8
+    PREEMPT = 16
+    SKIP_EPOCH_COMPLETED = 32
+    EXHAUSTED = 64  # the data cannot provide more batches: the run ends after this epoch
+
+
+_NONE = Stop(0)
 
 
 class _Terminate(Exception):  # noqa: N818 - control flow, not an error
@@ -32,6 +52,10 @@ class _Terminate(Exception):  # noqa: N818 - control flow, not an error
 
 
 class _TerminateEpoch(Exception):  # noqa: N818
+    pass
+
+
+class _Exhausted(Exception):  # noqa: N818
     pass
 
 
@@ -56,29 +80,28 @@ class Engine(EventRegistry):
         6
     """
 
+    #: Ignite's switch: with ``False``, ``interrupt()`` raises ``RuntimeError``.
+    interrupt_resume_enabled = True
+
     def __init__(
         self, process_function: Callable[[Engine, Any], Any], *, sync_check_every: int | None = None
     ):
-        check_engine_args(process_function, sync_check_every)
-        self.state = State()
+        check_process_function(process_function, sync_check_every)
+        self._state = State()
         super().__init__()
         self._process_function = process_function
         self.sync_check_every = sync_check_every
         self.logger = logging.getLogger(__name__ + "." + self.__class__.__name__)
-        self.should_terminate: bool | str = False
-        self.should_terminate_single_epoch: bool | str = False
-        self.should_interrupt = False
-        self.interrupt_resume_enabled = True
-        self._flags = 0
+        self._stop = _NONE  # requests made (and, at world size > 1, agreed) in this run
         self._state_dict_user_keys: list[str] = []
         self._rank_state = RankState()
-        self._data = DataPass()
+        self._pos = RunPosition(self.state)
         self._dataloader_iter: Any = None
-        self._init_iter: int | None = None
-        self._run_gen: Generator | None = None
+        self._internal_run_generator: Generator | None = None
         self._preemption_savers: list[Callable[[Engine], Any]] = []
         self._preempt_signal: int | None = None
-        self._preempt_bit = 0  # set by the signal handler; only cleared when acted upon
+        self._preempt_bit = _NONE  # set by the signal handler; only cleared when acted upon
+        self._rng_restored = False  # this run started from loaded RNG states
         idist.register_status_provider(self._status)  # weakly: for hang reports
 
     def _status(self) -> dict[str, Any]:
@@ -90,23 +113,85 @@ class Engine(EventRegistry):
         ev = getattr(ev, "name", ev)
         return {"engine": name, "epoch": s.epoch, "iteration": s.iteration, "last_event": ev}
 
+    @property
+    def state(self) -> State:
+        """The run's :class:`State` (Ignite code may replace it: the position follows)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        pos = getattr(self, "_pos", None)
+        if pos is not None:
+            pos.state = state
+
+    # --- stop requests -----------------------------------------------------------------------
     def terminate(self, skip_completed: bool = False) -> None:
         """Stops the run after the current iteration (or epoch-level event); fires
-        ``TERMINATE`` then ``COMPLETED`` (unless ``skip_completed``)."""
-        self.should_terminate = "skip_completed" if skip_completed else True
-        self._flags |= TERMINATE | (SKIP_COMPLETED if skip_completed else 0)
+        ``TERMINATE`` then ``COMPLETED`` (unless ``skip_completed``).
+
+        ``state_dict()`` then records the exact position: loading it into an engine and
+        calling ``run`` continues with the next batch. Calling ``run()`` again on this
+        engine follows Ignite instead: the next epoch starts, on a new data pass.
+        """
+        self._stop |= Stop.TERMINATE | (Stop.SKIP_COMPLETED if skip_completed else _NONE)
 
     def terminate_epoch(self, skip_epoch_completed: bool = False) -> None:
-        """Ends the current epoch after the current iteration; the run goes on with the next."""
-        self.should_terminate_single_epoch = (
-            "skip_epoch_completed" if skip_epoch_completed else True
+        """Ends the current epoch after the current iteration; the run goes on with the next
+        epoch, on a new data pass."""
+        self._stop |= Stop.TERMINATE_EPOCH | (
+            Stop.SKIP_EPOCH_COMPLETED if skip_epoch_completed else _NONE
         )
-        self._flags |= TERMINATE_EPOCH | (SKIP_EPOCH_COMPLETED if skip_epoch_completed else 0)
 
     def interrupt(self) -> None:
-        """Pauses the run after the current iteration; ``run()`` again continues from there."""
-        self.should_interrupt = True
-        self._flags |= INTERRUPT
+        """Pauses the run after the current iteration; ``run()`` again continues from there.
+
+        Raises:
+            RuntimeError: ``Engine.interrupt_resume_enabled`` is ``False``.
+        """
+        if not self.interrupt_resume_enabled:
+            raise RuntimeError(
+                "Engine 'interrupt/resume' feature is disabled: set "
+                "Engine.interrupt_resume_enabled = True to use interrupt()"
+            )
+        self._stop |= Stop.INTERRUPT
+
+    @property
+    def should_terminate(self) -> bool | str:
+        """``True`` (or ``"skip_completed"``) once ``terminate`` was requested (Ignite's flag)."""
+        if not self._stop & Stop.TERMINATE:
+            return False
+        return "skip_completed" if self._stop & Stop.SKIP_COMPLETED else True
+
+    @should_terminate.setter
+    def should_terminate(self, value: bool | str) -> None:
+        self._stop &= ~(Stop.TERMINATE | Stop.SKIP_COMPLETED)
+        if value:
+            self.terminate(skip_completed=value == "skip_completed")
+
+    @property
+    def should_terminate_single_epoch(self) -> bool | str:
+        """``True`` (or ``"skip_epoch_completed"``) once ``terminate_epoch`` was requested."""
+        if not self._stop & Stop.TERMINATE_EPOCH:
+            return False
+        return "skip_epoch_completed" if self._stop & Stop.SKIP_EPOCH_COMPLETED else True
+
+    @should_terminate_single_epoch.setter
+    def should_terminate_single_epoch(self, value: bool | str) -> None:
+        self._stop &= ~(Stop.TERMINATE_EPOCH | Stop.SKIP_EPOCH_COMPLETED)
+        if value:
+            self.terminate_epoch(skip_epoch_completed=value == "skip_epoch_completed")
+
+    @property
+    def should_interrupt(self) -> bool:
+        """Whether ``interrupt`` was requested and not yet acted upon."""
+        return bool(self._stop & Stop.INTERRUPT)
+
+    @should_interrupt.setter
+    def should_interrupt(self, value: bool) -> None:
+        self._stop &= ~Stop.INTERRUPT
+        if value:
+            self._stop |= Stop.INTERRUPT
 
     def register_preemption_saver(self, saver: Callable[[Engine], Any]) -> None:
         """Calls ``saver(engine)`` on every rank when the run stops for a preemption signal
@@ -118,8 +203,9 @@ class Engine(EventRegistry):
         # Runs between bytecodes of the main thread: only set fields that the loop reads
         # before its next agreement, never read-modify-write the agreed flags.
         self._preempt_signal = signum
-        self._preempt_bit = PREEMPT
+        self._preempt_bit = Stop.PREEMPT
 
+    # --- per-rank state ----------------------------------------------------------------------
     @property
     def state_dict_user_keys(self) -> list[str]:
         return self._state_dict_user_keys
@@ -141,16 +227,78 @@ class Engine(EventRegistry):
 
     # --- state_dict --------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """Ignite's keys (``iteration``, ``epoch_length``, ``max_epochs`` or ``max_iters``, user
-        keys) plus ``seed``, the data pass and cursor; at world size 1 also ``rank_state``."""
-        return build_state_dict(self)
+        """The run's position and what resuming it needs.
+
+        Ignite's keys (``iteration``, ``epoch_length``, ``max_epochs`` or ``max_iters``, the
+        user keys) plus ``seed``, ``run_id``, the data pass, the cursor, the epoch state and
+        the data's shape; at world size 1 also ``rank_state``. ``iteration`` counts the
+        iterations whose process function returned, so a state taken in the middle of an
+        iteration resumes by running it again.
+        """
+        s = self.state
+        position = self._pos.state_dict()
+        sd: OrderedDict = OrderedDict(iteration=position.pop("iteration"))
+        sd["epoch_length"] = s.epoch_length
+        if s.max_iters is not None:
+            sd["max_iters"] = s.max_iters
+        else:
+            sd["max_epochs"] = s.max_epochs
+        for k in self._state_dict_user_keys:
+            sd[k] = getattr(s, k)
+        sd["seed"] = s.seed
+        sd["run_id"] = s.run_id
+        sd.update(position)
+        sd["world_size"] = idist.get_world_size()
+        if sd["world_size"] == 1:
+            sd["rank_state"] = self.rank_state_dict()
+        return sd
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restores a run saved by :meth:`state_dict` (or an Ignite-style dict); ``run()`` then
-        continues at the next batch, without fetching the batches before it."""
-        apply_state_dict(self, state_dict)
-        self._run_gen = None
+        """Positions the engine where ``state_dict`` was taken (ours, or Ignite's form).
+
+        ``run()`` then continues with the next batch, without fetching the batches before
+        it. A finished position does not start a new run: ``run`` returns at once with a
+        warning (raise ``max_epochs``/``max_iters`` to train further).
+
+        Raises:
+            TypeError, ValueError: a key is missing or malformed (the message names it).
+        """
+        sd = check_position_dict(state_dict, self._state_dict_user_keys)
+        s = self.state
+        for k in self._state_dict_user_keys:
+            setattr(s, k, sd[k])
+        s.epoch_length = sd["epoch_length"]
+        s.max_epochs, s.max_iters = sd.get("max_epochs"), sd.get("max_iters")
+        s.seed = sd.get("seed")
+        s.run_id = sd.get("run_id")
+        self._pos.load_state_dict(sd)
+        # per-rank RNG streams only map onto the same world size
+        if "rank_state" in sd and sd.get("world_size", 1) == idist.get_world_size():
+            self.load_rank_state_dict(sd["rank_state"])
+        self._stop = _NONE
+        self._internal_run_generator = None
         self._dataloader_iter = None
+
+    # --- data ----------------------------------------------------------------------------------
+    def set_data(self, data: Iterable) -> None:
+        """Switches the run to ``data``: the next batch comes from it, on a new data pass
+        (the epoch length is kept).
+
+        Example:
+            >>> engine = Engine(lambda e, b: b)
+            >>> _ = engine.add_event_handler(Events.ITERATION_COMPLETED(once=2),
+            ...                              lambda e: e.set_data([10, 20, 30]))
+            >>> engine.run([1, 2, 3], max_epochs=1).output
+            10
+        """
+        if not isinstance(data, Iterable):
+            raise TypeError(f"Argument data must be iterable, got {type(data).__name__}")
+        self.state.dataloader = data
+        self._pos.data.bind(data)
+        if self._dataloader_iter is not None:  # running: switch now
+            self._dataloader_iter = self._pos.data.start(
+                self.state.seed, self.state.epoch_length, new_pass=True
+            )
 
     # --- run ---------------------------------------------------------------------------------
     def run(
@@ -163,67 +311,213 @@ class Engine(EventRegistry):
     ) -> State:
         """Runs (or continues) over ``data``.
 
-        A new run starts when the engine is fresh or its last run is done; otherwise the run
-        continues (after ``interrupt``, ``terminate``, ``load_state_dict`` or with a larger
-        ``max_epochs``). ``seed`` decides the data order; on a resumed run the saved seed
-        wins and a different one raises ``ValueError``.
+        A new run starts when the engine is fresh, or when its last run in this process is
+        done (Ignite's rule); otherwise the run continues: after ``interrupt``, after an
+        exception, after ``load_state_dict`` (at the next batch), after ``terminate`` (at the
+        next epoch, as in Ignite), or with a larger ``max_epochs``. A finished state loaded
+        with ``load_state_dict`` is not restarted: ``run`` warns and returns. ``seed``
+        decides the data order (default: ``torch.initial_seed()``); on a continued run the
+        saved seed wins and a different one raises ``ValueError``.
+
+        The loop, per epoch (at world size > 1 "act" means: agree with the other ranks in one
+        small collective, then act on every rank's requests at the same point)::
+
+            STARTED; act
+            while not done:
+                EPOCH_STARTED; act                  # epoch += 1 (or the loaded epoch again)
+                for each batch of the epoch:        # from the cursor: skipped batches unread
+                    GET_BATCH_STARTED               # (world size 1: act after each event)
+                    batch = next(data)              # end of data: DATALOADER_STOP_ITERATION,
+                    GET_BATCH_COMPLETED             #   next pass (new permutation)
+                    ITERATION_STARTED               # iteration += 1
+                    output = process_function(engine, batch)
+                    ITERATION_COMPLETED; act        # cursor += global batch; sync check
+                EPOCH_COMPLETED; act
+            COMPLETED
+            # terminate -> TERMINATE, COMPLETED; terminate_epoch -> TERMINATE_SINGLE_EPOCH,
+            # EPOCH_COMPLETED; interrupt -> INTERRUPT, run() returns; an exception ->
+            # EXCEPTION_RAISED (re-raised at world size > 1); preemption -> savers, TERMINATE,
+            # Preempted (exit status 75)
 
         Example:
             >>> Engine(lambda e, b: b).run(range(4), max_epochs=2, seed=0).epoch
             2
         """
-        prepare_run(self, data, max_epochs, epoch_length, max_iters, seed)
-        if self._run_gen is None:
-            self._run_gen = self._loop()
+        check_run_arguments(data, max_epochs, epoch_length, max_iters, seed)
+        if not self._prepare(data, max_epochs, epoch_length, max_iters, seed):
+            return self.state
+        if self._internal_run_generator is None:
+            self._internal_run_generator = self._loop()
         try:
             with catch_preemption(self._on_preempt_signal):
-                next(self._run_gen)  # returns here only when interrupted
+                next(self._internal_run_generator)  # returns here only when interrupted
         except StopIteration:
-            self._run_gen = None
-        if getattr(self.state, "preempted", False):
+            self._internal_run_generator = None
+        except BaseException:
+            # the loop ended with the exception: a later run() continues the run
+            self._internal_run_generator = None
+            raise
+        if self.state.preempted:
             raise Preempted(self._preempt_signal, self.state.iteration)
         return self.state
 
-    _in_epoch_loop = False
-    _open_epoch = False
-    _epoch_iters = 0
+    def _prepare(
+        self,
+        data: Iterable | None,
+        max_epochs: int | None,
+        epoch_length: int | None,
+        max_iters: int | None,
+        seed: int | None,
+    ) -> bool:
+        """Decides between a new run and a continuation; ``False``: nothing to run."""
+        s, pos = self.state, self._pos
+        if max_iters is not None and s.max_epochs is not None and s.max_iters is None:
+            raise ValueError(
+                "To switch from max_epochs to max_iters mode during resume, you must first reset "
+                "by setting 'engine.state.max_epochs = None' before calling run()."
+            )
+        if max_epochs is not None and s.max_iters is not None:
+            raise ValueError(
+                "To switch from max_iters to max_epochs mode during resume, you must first reset "
+                "by setting 'engine.state.max_iters = None' before calling run()."
+            )
+        if self._internal_run_generator is None and pos.terminated and not pos.loaded:
+            pos.continue_after_terminate()  # Ignite: the next epoch, on a new data pass
+        if s.max_iters is not None:
+            self._check_and_set_max_iters(max_iters)
+            if s.max_epochs is not None and s.epoch_length:  # derived from max_iters (no len)
+                s.max_epochs = math.ceil(s.max_iters / s.epoch_length)
+        elif s.max_epochs is not None:
+            self._check_and_set_max_epochs(max_epochs)
 
-    def _loop(self) -> Generator[None, None, None]:
+        fresh = s.max_epochs is None and s.max_iters is None
+        if not fresh and pos.is_done() and self._internal_run_generator is None:
+            if pos.loaded:
+                warnings.warn(
+                    f"The loaded state is a finished run (iteration {s.iteration}, epoch "
+                    f"{s.epoch} of max_epochs={s.max_epochs}, max_iters={s.max_iters}): nothing "
+                    "to run. Pass a larger max_epochs (or max_iters) to run() to train further, "
+                    "or set engine.state.max_epochs = None before run() to start a new run",
+                    stacklevel=3,
+                )
+                return False
+            fresh = True
+        if fresh:
+            self._new_run(data, max_epochs, epoch_length, max_iters, seed)
+        else:
+            self._continue_run(data, epoch_length, seed)
+        if self._dataloader_iter is None:
+            s.dataloader = data
+            pos.data.bind(data)
+            if pos.loaded:
+                pos.data.check_shape(explicit_epoch_length=epoch_length is not None)
+        return True
+
+    def _check_and_set_max_epochs(self, max_epochs: int | None) -> None:
+        """Sets ``state.max_epochs`` if given and not below the epochs already done."""
+        if max_epochs is not None:
+            done = self.state.epoch - (1 if self._pos.epoch_open else 0)
+            check_limit_reached("max_epochs", max_epochs, done, "epoch")
+            self.state.max_epochs = max_epochs
+
+    def _check_and_set_max_iters(self, max_iters: int | None) -> None:
+        """Sets ``state.max_iters`` if given and not below the iterations already done."""
+        if max_iters is not None:
+            check_limit_reached(
+                "max_iters", max_iters, self._pos.completed_iteration(), "iteration"
+            )
+            self.state.max_iters = max_iters
+
+    def _new_run(
+        self,
+        data: Iterable | None,
+        max_epochs: int | None,
+        epoch_length: int | None,
+        max_iters: int | None,
+        seed: int | None,
+    ) -> None:
         s = self.state
+        if data is None and epoch_length is None and s.epoch_length is None:
+            raise ValueError("epoch_length should be provided if data is None")
+        if epoch_length is None:  # the data's length, else the state's (as Ignite)
+            epoch_length = data_length(data) if data is not None else None
+            if epoch_length is None:
+                epoch_length = s.epoch_length
+        if epoch_length is not None and epoch_length < 1:
+            raise ValueError(
+                f"Input data has zero size. Please provide non-empty data (got {epoch_length} batches)"
+            )
+        if max_iters is None and max_epochs is None:
+            max_epochs = 1
+        self._pos.restart()
+        s.max_epochs = None if max_iters is not None else max_epochs
+        s.max_iters = max_iters
+        s.epoch_length = epoch_length
+        s.seed, s.run_id = agree_on_run(seed, epoch_length)
+        self._internal_run_generator = None
+        self._dataloader_iter = None
+
+    def _continue_run(
+        self, data: Iterable | None, epoch_length: int | None, seed: int | None
+    ) -> None:
+        s = self.state
+        if s.epoch_length is not None:
+            if epoch_length is not None and epoch_length != s.epoch_length:
+                raise ValueError(
+                    "Argument epoch_length should be same as in the state, but given "
+                    f"{epoch_length} vs {s.epoch_length}"
+                )
+        else:
+            if epoch_length is None and data is not None:
+                epoch_length = data_length(data)
+            if epoch_length is not None:
+                s.epoch_length = epoch_length
+        if s.epoch_length is None and data is None:
+            raise ValueError("epoch_length should be provided if data is None")
+        if seed is not None and s.seed is not None and seed != s.seed:
+            raise ValueError(
+                f"This run continues a run with seed {s.seed}: got seed={seed}. The saved seed "
+                "decides the data order; pass the same seed or none"
+            )
+        if s.seed is None or s.run_id is None:
+            agreed, run_id = agree_on_run(seed if s.seed is None else s.seed, s.epoch_length)
+            s.seed = agreed
+            s.run_id = s.run_id or run_id
+        if self._internal_run_generator is None:
+            self._pos.reenter_open_epoch()  # after an exception or a preemption
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> Generator[None, None, None]:
+        s, pos = self.state, self._pos
         multi = idist.get_world_size() > 1
-        self._flags = 0
-        self.state.preempted = False
-        self.should_terminate = self.should_terminate_single_epoch = self.should_interrupt = False
+        self._stop = _NONE
+        s.preempted = False
+        pos.loaded = pos.terminated = False
         s.times[Events.EPOCH_COMPLETED.name] = 0.0
         s.times[Events.COMPLETED.name] = 0.0
-        self._rank_state.apply_rng()
+        self._rng_restored = self._rank_state.apply_rng()
         start_time = time.time()
         try:
             try:
                 self._fire_event(Events.STARTED)
                 yield from self._check(multi)
-                while not self._is_done() and not self.should_terminate:
-                    self._open_epoch = False
-                    s.epoch += 1
+                while not pos.is_done():
+                    done_before = pos.begin_epoch()
                     t0 = time.time()
-                    # in progress (for state_dict) from EPOCH_STARTED to the end of its batches
-                    self._in_epoch_loop = True
-                    self._epoch_iters = 0 if self._init_iter is None else self._init_iter
-                    try:
-                        self._fire_event(Events.EPOCH_STARTED)
-                        yield from self._check(multi)
-                        if self._dataloader_iter is None:
-                            self._start_data(new_pass=False)
-                        yield from self._epoch(multi)
-                    finally:
-                        self._in_epoch_loop = False
-                    taken = time.time() - t0
-                    s.times[Events.EPOCH_COMPLETED.name] = taken
-                    if self.should_terminate_single_epoch != "skip_epoch_completed":
+                    self._fire_event(Events.EPOCH_STARTED)
+                    yield from self._check(multi)
+                    if self._dataloader_iter is None:
+                        self._start_data(new_pass=False)
+                    exhausted = yield from self._epoch(multi, done_before)
+                    pos.end_epoch()
+                    s.times[Events.EPOCH_COMPLETED.name] = time.time() - t0
+                    if not self._stop & Stop.SKIP_EPOCH_COMPLETED:
                         self._fire_event(Events.EPOCH_COMPLETED)
                         s.times[Events.EPOCH_COMPLETED.name] = time.time() - t0
-                    self.should_terminate_single_epoch = False
+                    self._stop &= ~(Stop.TERMINATE_EPOCH | Stop.SKIP_EPOCH_COMPLETED)
                     yield from self._check(multi)
+                    if exhausted:
+                        break
             except _Terminate:
                 self._fire_event(Events.TERMINATE)
             except _TerminateEpoch:
@@ -232,7 +526,7 @@ class Engine(EventRegistry):
                     "there is no epoch iteration to stop yet"
                 ) from None
             s.times[Events.COMPLETED.name] = time.time() - start_time
-            if self.should_terminate != "skip_completed":
+            if not self._stop & Stop.SKIP_COMPLETED:
                 self._fire_event(Events.COMPLETED)
                 s.times[Events.COMPLETED.name] = time.time() - start_time
         except Exception as e:
@@ -245,39 +539,42 @@ class Engine(EventRegistry):
             raise
         self._dataloader_iter = None
 
-    def _epoch(self, multi: bool) -> Generator[None, None, None]:
+    def _epoch(self, multi: bool, done_before: int) -> Generator[None, None, bool]:
         # The hot loop: handler lists, events and the iterator are locals, and handlers are
         # called directly (each entry's first item takes the engine), so an iteration with
-        # no handler costs a few attribute checks.
-        s = self.state
+        # no handler costs a few attribute checks. A subclass that overrides _fire_event
+        # gets every event through it instead (decided once per epoch).
+        s, pos = self.state, self._pos
+        dp = pos.data
         h = self._event_handlers
         ev_gbs, ev_gbc = Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED
         ev_its, ev_itc = Events.ITERATION_STARTED, Events.ITERATION_COMPLETED
         on_gbs, on_gbc, on_its, on_itc = h[ev_gbs], h[ev_gbc], h[ev_its], h[ev_itc]
+        custom_fire = type(self)._fire_event is not EventRegistry._fire_event
         process = self._process_function
-        dp = self._data
         has_data = s.dataloader is not None
         check_every = self.sync_check_every if multi else None
         local_checks = not multi
-        counter = 0 if self._init_iter is None else self._init_iter
-        self._init_iter = None
+        counter = done_before
         length = s.epoch_length
         max_iters = s.max_iters
-        retried = False
-        it = self._dataloader_iter
+        retried = False  # the previous next() ended a pass and a new pass was started
         try:
             while length is None or counter < length:
                 s.batch = None
                 if has_data and not retried:
-                    self.last_event_name = ev_gbs
-                    for entry in on_gbs:
-                        entry[0](self)
-                    if self._flags and local_checks:
+                    if custom_fire:
+                        self._fire_event(ev_gbs)
+                    else:
+                        self.last_event_name = ev_gbs
+                        for entry in on_gbs:
+                            entry[0](self)
+                    if self._stop and local_checks:
                         yield from self._act()
                 try:
-                    s.batch = next(it)
+                    s.batch = next(self._dataloader_iter)  # not a local: set_data may switch it
                 except StopIteration:
-                    if length is None:
+                    if length is None:  # the first pass of data without len: its end is the epoch's
                         if counter == 0:
                             raise ValueError(
                                 "The data is empty: expected at least one batch per epoch"
@@ -286,119 +583,148 @@ class Engine(EventRegistry):
                         if max_iters is not None:
                             s.max_epochs = math.ceil(max_iters / counter)
                         break
-                    if retried:
+                    if retried:  # a fresh pass that yields nothing: the data is exhausted
                         warnings.warn(
-                            "The data cannot provide more batches but the run is not done "
-                            f"(iteration {s.iteration}): ending the run",
+                            "Data iterator can not provide data anymore but the run is not done "
+                            f"(iteration {s.iteration}): the run ends after this epoch",
                             stacklevel=2,
                         )
-                        if multi:  # end every rank at the same point: an agreed terminate
-                            self._flags = idist.agree_flags(self._flags | TERMINATE)
-                            yield from self._act()
-                        self.should_terminate = True  # ends the run after this epoch, like Ignite
-                        break
+                        # every rank ends the epoch at the same point, then the run
+                        self._stop |= Stop.EXHAUSTED
+                        if multi:
+                            self._stop = Stop(idist.agree_flags(self._stop))
+                        yield from self._act()
+                    # The pass ended inside the epoch (epoch_length > batches per pass, or a
+                    # pass resumed at its end): start the next pass and fetch again; the
+                    # GET_BATCH_STARTED already fired belongs to that fetch.
                     self._start_data(new_pass=True, fire_stop=has_data)
-                    it = self._dataloader_iter
-                    if self._flags and local_checks:
+                    if self._stop and local_checks:
                         yield from self._act()
                     retried = True
                     continue
                 retried = False
-                dp.batches += 1
-                if dp.batches > dp.padding_first:
-                    s.batch_padding = dp.sampler.padding_in_batch(dp.batches - 1)
+                k = dp.batches  # this batch's index in the pass
+                if k >= dp.irregular_from:
+                    _, s.batch_padding, s.batch_loss_scale = dp.sampler.batch_geometry(k)
                 s.output = None
                 if has_data:
-                    self.last_event_name = ev_gbc
-                    for entry in on_gbc:
-                        entry[0](self)
-                    if self._flags and local_checks:
+                    if custom_fire:
+                        self._fire_event(ev_gbc)
+                    else:
+                        self.last_event_name = ev_gbc
+                        for entry in on_gbc:
+                            entry[0](self)
+                    if self._stop and local_checks:
                         yield from self._act()
-                counter += 1
-                self._epoch_iters = counter
                 s.iteration += 1
-                self.last_event_name = ev_its
-                for entry in on_its:
-                    entry[0](self)
-                if self._flags and local_checks:
+                if custom_fire:
+                    self._fire_event(ev_its)
+                else:
+                    self.last_event_name = ev_its
+                    for entry in on_its:
+                        entry[0](self)
+                if self._stop and local_checks:
                     yield from self._act()
                 s.output = process(self, s.batch)
-                self.last_event_name = ev_itc
-                for entry in on_itc:
-                    entry[0](self)
+                counter += 1
+                pos.epoch_iters = counter
+                dp.batches = k + 1
+                if custom_fire:
+                    self._fire_event(ev_itc)
+                else:
+                    self.last_event_name = ev_itc
+                    for entry in on_itc:
+                        entry[0](self)
                 if multi:
                     if check_every and s.iteration % check_every == 0:
                         self._sync_check()
-                    self._flags = idist.agree_flags(self._flags | self._preempt_bit)
+                    self._stop = Stop(idist.agree_flags(self._stop | self._preempt_bit))
                 elif self._preempt_bit:
-                    self._flags |= self._preempt_bit
-                if self._flags:
+                    self._stop |= self._preempt_bit
+                if self._stop:
                     yield from self._act()
-                if max_iters is not None and s.iteration == max_iters:
-                    self.should_terminate = True
-                    raise _Terminate()
+                if max_iters is not None and s.iteration == max_iters and counter != length:
+                    raise _Terminate()  # at an epoch's end the epoch completes, then the run
         except _TerminateEpoch:
+            # the epoch is over from here on (a state taken now resumes with the next epoch,
+            # on a new data pass); its EPOCH_COMPLETED still follows unless skipped
+            pos.end_epoch()
+            dp.abandon_pass()
+            self._dataloader_iter = None
             self._fire_event(Events.TERMINATE_SINGLE_EPOCH)
-            self._start_data(new_pass=True)
+        except _Exhausted:
+            self._stop &= ~Stop.EXHAUSTED
+            return True
+        return False
 
     def _check(self, multi: bool) -> Generator[None, None, None]:
         if multi:
-            self._flags = idist.agree_flags(self._flags | self._preempt_bit)
+            self._stop = Stop(idist.agree_flags(self._stop | self._preempt_bit))
         else:
-            self._flags |= self._preempt_bit
-        if self._flags:
+            self._stop |= self._preempt_bit
+        if self._stop:
             yield from self._act()
 
     def _act(self) -> Generator[None, None, None]:
-        flags = self._flags
-        if flags & PREEMPT:
-            self._flags = self._preempt_bit = 0
+        stop = self._stop
+        if stop & Stop.PREEMPT:
+            self._stop &= ~Stop.PREEMPT
+            self._preempt_bit = _NONE
             self.state.preempted = True
             for saver in self._preemption_savers:
                 saver(self)
-            self.should_terminate = "skip_completed"
+            self._stop |= Stop.TERMINATE | Stop.SKIP_COMPLETED
             raise _Terminate()
-        if flags & TERMINATE:
-            self.should_terminate = "skip_completed" if flags & SKIP_COMPLETED else True
+        if stop & Stop.TERMINATE:
+            self._pos.terminated = True
             raise _Terminate()
-        if flags & TERMINATE_EPOCH:
-            self._flags &= ~(TERMINATE_EPOCH | SKIP_EPOCH_COMPLETED)
-            if flags & SKIP_EPOCH_COMPLETED:
-                self.should_terminate_single_epoch = "skip_epoch_completed"
-            else:
-                self.should_terminate_single_epoch = True
+        if stop & Stop.EXHAUSTED:
+            raise _Exhausted()
+        if stop & Stop.TERMINATE_EPOCH:
             raise _TerminateEpoch()
-        if flags & INTERRUPT:
-            self._flags &= ~INTERRUPT
+        if stop & Stop.INTERRUPT:
+            self._stop &= ~Stop.INTERRUPT
             self._fire_event(Events.INTERRUPT)
-            self.should_interrupt = False
             yield
 
     def _start_data(self, new_pass: bool, fire_stop: bool = False) -> None:
+        s = self.state
         if fire_stop:
             self._fire_event(Events.DATALOADER_STOP_ITERATION)
-        self.state.batch_padding = 0
-        self._dataloader_iter = self._data.start(self.state.seed, self.state.epoch_length, new_pass)
+            if s.dataloader is not self._pos.data.data:  # a handler switched the data
+                self._pos.data.bind(s.dataloader)
+        s.batch_padding, s.batch_loss_scale = 0, 1.0
+        self._dataloader_iter = self._pos.data.start(
+            s.seed, s.epoch_length, new_pass, self._pass_hook
+        )
+
+    #: called by the data pass just before each pass's iterator is created, as
+    #: ``hook(data, data_pass, skip_batches) -> (after, skipped)``; ``None`` here
+    #: (``DeterministicEngine`` reseeds the global RNGs there)
+    _pass_hook: Any = None
 
     def _sync_check(self) -> None:
-        s, dp = self.state, self._data
+        s, dp = self.state, self._pos.data
         digest = dp.sampler.global_batch_digest(dp.batches - 1) if dp.sampler is not None else 0
         idist.check_in_sync(
             (s.epoch, s.iteration, dp.index, digest),
             ("epoch", "iteration", "data pass", "batch index digest"),
         )
 
-    def _is_done(self) -> bool:
-        if self._open_epoch:  # resumed after an epoch's last iteration: its end is still due
-            return False
-        s = self.state
-        if s.max_iters is not None and s.iteration >= s.max_iters:
+    @staticmethod
+    def _is_done(state: State) -> bool:
+        """Ignite's rule on counters alone (``max_iters`` or ``max_epochs`` reached); the run
+        loop asks the run position instead, which also knows about an open epoch."""
+        if state.max_iters is not None and state.iteration >= state.max_iters:
             return True
-        if s.max_epochs is None:
+        if state.max_epochs is None:
             return False
-        if s.epoch_length is not None and s.iteration >= s.epoch_length * s.max_epochs:
+        if (
+            state.epoch_length is not None
+            and state.iteration >= state.epoch_length * state.max_epochs
+        ):
             return True
-        return s.epoch >= s.max_epochs
+        return state.epoch >= state.max_epochs
 
     def _handle_exception(self, e: Exception, multi: bool) -> None:
         if multi:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from distengine.engine.signatures import check_signature
+
 if TYPE_CHECKING:
     from distengine.engine.engine import Engine
 
@@ -32,7 +34,8 @@ EventFilter = Callable[[Any, int], bool]
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"Argument {name} must be an integer >= {low}, got {value!r}")
+        bound = "greater or equal to zero" if allow_zero else "greater than zero"
+        raise ValueError(f"Argument {name} should be integer and {bound}, got {value!r}")
 
 
 class CallableEventWithFilter:
@@ -80,22 +83,31 @@ class CallableEventWithFilter:
         kinds.append(every is not None or before is not None or after is not None)
         if sum(kinds) != 1:
             raise ValueError(
-                "Give exactly one of event_filter, once, or every/before/after "
-                f"(got event_filter={event_filter!r}, every={every!r}, once={once!r}, "
+                "Only one of the input arguments should be specified, except before, after and "
+                f"every (got event_filter={event_filter!r}, every={every!r}, once={once!r}, "
                 f"before={before!r}, after={after!r})"
             )
         if event_filter is not None:
             if not callable(event_filter):
-                raise TypeError(f"event_filter must be callable, got {type(event_filter).__name__}")
+                raise TypeError(
+                    f"Argument event_filter should be a callable, got {type(event_filter).__name__}"
+                )
+            check_signature(event_filter, "event_filter", "engine", "event")
             return self._with_filter(event_filter)
         if once is not None:
             values = [once] if isinstance(once, numbers.Integral) else once
-            if not isinstance(values, Sequence) or not values:
-                raise ValueError(
-                    f"Argument once must be a positive integer or a non-empty list, got {once!r}"
+            if (
+                not isinstance(values, Sequence)
+                or not values
+                or any(
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+                    for v in values
                 )
-            for v in values:
-                _positive_int("once", v)
+            ):
+                raise ValueError(
+                    "Argument once should either be a positive integer or a list of positive "
+                    f"integers, got {once!r}"
+                )
             return self._with_filter(_once_filter(frozenset(int(v) for v in values)))
         if every is not None:
             _positive_int("every", every)
@@ -115,19 +127,26 @@ class CallableEventWithFilter:
     def __or__(self, other: Any) -> EventsList:
         return EventsList([self]) | other
 
+    # Events compare and hash by their member NAME, as in Ignite: a filtered event equals its
+    # unfiltered member, and ``Events.STARTED == "STARTED"``.
     def __eq__(self, other: Any) -> bool:
         if isinstance(other, CallableEventWithFilter):
-            return self._value_ == other._value_
+            return self._key() == other._key()
         if isinstance(other, str):
-            return self._value_ == other
+            return self._key() == other
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._value_)
+        return hash(self._key())
+
+    def _key(self) -> str:
+        return self._name_ if self._name_ is not None else self._value_
 
     def __repr__(self) -> str:
-        suffix = "" if self.filter is None else " (filtered)"
-        return f"<event {self._name_ or self._value_}{suffix}>"
+        out = f"Events.{self._key()}"
+        if self.filter is not None:
+            out += f"(filter={self.filter})"
+        return out
 
     __str__ = __repr__
 
@@ -175,11 +194,14 @@ class EventEnum(CallableEventWithFilter, Enum):
     def __init__(self, value: str):  # noqa: D107 - Enum calls this with the value
         self._name_ = self._name_  # set by Enum
 
-    def __eq__(self, other: Any) -> bool:  # same rule as the parent: compare values
+    def __eq__(self, other: Any) -> bool:  # same rule as the parent: compare names
         return CallableEventWithFilter.__eq__(self, other)
 
     def __hash__(self) -> int:
-        return hash(self._value_)
+        return CallableEventWithFilter.__hash__(self)
+
+    __repr__ = CallableEventWithFilter.__repr__
+    __str__ = CallableEventWithFilter.__repr__
 
 
 class Events(EventEnum):
@@ -223,8 +245,11 @@ class EventsList:
             self._append(e)
 
     def _append(self, event: Any) -> None:
-        if not isinstance(event, (CallableEventWithFilter, str)):
-            raise TypeError(f"An EventsList holds events, got {type(event).__name__}: {event!r}")
+        if not isinstance(event, CallableEventWithFilter):
+            raise TypeError(
+                "Argument event should be Events or CallableEventWithFilter (a member of an "
+                f"EventEnum, filtered or not), got {type(event).__name__}: {event!r}"
+            )
         self._events.append(event)
 
     def __or__(self, other: Any) -> EventsList:

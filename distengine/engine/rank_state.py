@@ -50,7 +50,10 @@ class RankState:
             else:
                 self._pending[key] = sd
 
-    def apply_rng(self) -> None:
-        if self._pending_rng is not None:
-            restore_rng(self._pending_rng)
-            self._pending_rng = None
+    def apply_rng(self) -> bool:
+        """Restores the loaded RNG states, if any; returns whether it did."""
+        if self._pending_rng is None:
+            return False
+        restore_rng(self._pending_rng)
+        self._pending_rng = None
+        return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from distengine.engine.events import (
     EventsList,
     RemovableEventHandle,
 )
+from distengine.engine.signatures import wants_engine
 
 __all__ = ["EventRegistry"]
 
@@ -50,10 +50,11 @@ class EventRegistry:
         """
         if event_to_attr is not None and not isinstance(event_to_attr, dict):
             raise ValueError(f"event_to_attr must be a dict, got {type(event_to_attr).__name__}")
-        for name in event_names:
+        for i, name in enumerate(event_names):
             if not isinstance(name, (str, EventEnum)):
                 raise TypeError(
-                    f"Events must be strings or EventEnum members, got {type(name).__name__}"
+                    f"Value at {i} of event_names should be a str or EventEnum, but given "
+                    f"{type(name).__name__}: {name!r}"
                 )
             self._allowed_events.append(name)
             if event_to_attr and name in event_to_attr:
@@ -73,8 +74,8 @@ class EventRegistry:
     def _assert_allowed_event(self, event_name: Any) -> None:
         if event_name not in self._allowed_events:
             raise ValueError(
-                f"Event {event_name!r} is not a known event: use one of Events or register it "
-                "with register_events() first"
+                f"Event {event_name!r} is not a valid event for this Engine: use one of Events or "
+                "register it with register_events() first"
             )
 
     def add_event_handler(
@@ -106,8 +107,8 @@ class EventRegistry:
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         self._assert_allowed_event(event_name)
         event_args: tuple = (Exception(),) if event_name == Events.EXCEPTION_RAISED else ()
-        wants_engine = _wants_engine(handler, self, event_args + args, kwargs)
-        call = _make_call(handler, wants_engine, args, kwargs)
+        wants_engine_ = wants_engine(handler, self, event_args + args, kwargs)
+        call = _make_call(handler, wants_engine_, args, kwargs)
         event_filter = getattr(event_name, "filter", None)
         if event_filter is not None:
             call = self._filtered(call, event_filter, event_name)
@@ -153,8 +154,12 @@ class EventRegistry:
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         """Detaches ``handler`` from ``event_name`` (``ValueError`` if it is not attached)."""
         lst = self._event_handlers.get(event_name)
-        if not lst or not any(_same(handler, h) for _, h, _ in lst):
-            raise ValueError(f"Handler {handler!r} is not attached to event {event_name!r}")
+        if not lst:
+            raise ValueError(f"Input event name {event_name!r} has no handler attached")
+        if not any(_same(handler, h) for _, h, _ in lst):
+            raise ValueError(
+                f"Input handler {handler!r} is not found among the handlers of {event_name!r}"
+            )
         # Mutate in place: the run loop holds references to these lists.
         lst[:] = [entry for entry in lst if not _same(handler, entry[1])]
 
@@ -182,26 +187,6 @@ def _same(user: Callable, registered: Callable) -> bool:
         return True
     # bound methods of the same object compare equal above; functools.partial wrappers do not
     return isinstance(registered, functools.partial) and registered.func == user
-
-
-def _wants_engine(handler: Callable, engine: Any, args: tuple, kwargs: dict) -> bool:
-    try:
-        sig = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return True  # builtins without a signature: trust the caller
-    try:
-        sig.bind(engine, *args, **kwargs)
-        return True
-    except TypeError as with_engine:
-        try:
-            sig.bind(*args, **kwargs)
-            return False
-        except TypeError:
-            name = getattr(handler, "__qualname__", repr(handler))
-            raise ValueError(
-                f"Handler {name}{sig} cannot be called with the engine and the arguments "
-                f"given (args={args!r}, kwargs={kwargs!r}): {with_engine}"
-            ) from None
 
 
 def _make_call(handler: Callable, wants_engine: bool, args: tuple, kwargs: dict) -> Callable:

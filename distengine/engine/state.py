@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from distengine.engine.events import CallableEventWithFilter, Events
@@ -26,7 +27,13 @@ class State:
             new run starts, saved in ``state_dict`` and kept by every resume of that run.
         times: seconds taken by the last epoch (``"EPOCH_COMPLETED"``) and the run
             (``"COMPLETED"``).
-        batch_padding: padded rows at the end of the current batch (metrics skip them).
+        batch_padding: padded rows at the end of the current batch (0, or 1 when this
+            rank's whole batch is a padding row; metrics and ``create_supervised_trainer``
+            skip them).
+        batch_loss_scale: the weight of this rank's mean loss over its real rows: with it,
+            DDP's average of the ranks' gradients is the gradient of the mean over the
+            global batch (1.0 unless ranks hold unequal shares of the batch; 0.0 for padding).
+        preempted: ``True`` once the run stopped for a preemption signal.
 
     Users may add attributes of their own.
 
@@ -69,6 +76,8 @@ class State:
             Events.COMPLETED.name: None,
         }
         self.batch_padding = 0
+        self.batch_loss_scale = 1.0
+        self.preempted = False
         for k, v in kwargs.items():
             setattr(self, k, v)
 
@@ -76,17 +85,17 @@ class State:
         """The counter (``iteration`` or ``epoch``) an event's filters are evaluated on."""
         attr = self.event_to_attr.get(event_name)
         if attr is None:
-            raise ValueError(
-                f"Event {event_name!r} has no counter: register it with event_to_attr to filter it"
+            raise RuntimeError(
+                f"Unknown event name {event_name!r}: it has no counter (register it with "
+                "event_to_attr to filter it)"
             )
         return getattr(self, attr)
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{k}={v!r}"
-            if not hasattr(v, "shape")
-            else f"{k}=<{type(v).__name__} {tuple(v.shape)}>"
-            for k, v in self.__dict__.items()
-            if k not in ("batch", "output", "dataloader")
-        )
-        return f"State({fields})"
+        # Ignite's form: one attribute per line, numbers and strings shown, other values by type
+        lines = ["State:"]
+        for attr, value in self.__dict__.items():
+            if not isinstance(value, (numbers.Number, str)):
+                value = type(value)
+            lines.append(f"\t{attr}: {value}")
+        return "\n".join(lines) + "\n"

@@ -1,4 +1,12 @@
-"""Factories for the usual supervised trainer and evaluator (device, DDP, AMP, accumulation)."""
+"""Supervised steps and the trainer/evaluator built from them (device, DDP, AMP, accumulation).
+
+The training step follows the batch geometry the engine records for loaders from
+``auto_dataloader`` (``state.batch_padding``, ``state.batch_loss_scale``): a rank whose
+batch is a padding row still runs forward and backward (so DDP's gradient all-reduce
+matches on every rank) but contributes a zero gradient, and a rank holding an unequal share
+of the global batch weights its mean loss so that DDP's average is the mean over the
+global batch. With other data both are at their defaults and the step is the usual one.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,18 @@ from typing import Any
 
 import torch
 
-from distengine.engine.datapass import find_resumable_sampler
+from distengine.engine.deterministic import DeterministicEngine
 from distengine.engine.engine import Engine
-from distengine.engine.events import Events
 
-__all__ = ["create_supervised_evaluator", "create_supervised_trainer", "prepare_batch"]
+__all__ = [
+    "create_supervised_evaluator",
+    "create_supervised_trainer",
+    "prepare_batch",
+    "supervised_evaluation_step",
+    "supervised_evaluation_step_amp",
+    "supervised_training_step",
+    "supervised_training_step_amp",
+]
 
 
 def prepare_batch(
@@ -25,11 +40,27 @@ def prepare_batch(
     return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 
+def _default_train_output(x: Any, y: Any, y_pred: Any, loss: torch.Tensor) -> Any:
+    return loss.detach()
+
+
+def _default_eval_output(x: Any, y: Any, y_pred: Any) -> Any:
+    return y_pred, y
+
+
+def _identity(output: Any) -> Any:
+    return output
+
+
+def _call_model(model: torch.nn.Module, x: Any) -> Any:
+    return model(x)
+
+
 def _autocast(
     amp_mode: str | None, device: Any, amp_dtype: torch.dtype | None
-) -> Callable[[], Any]:
+) -> Callable[[], Any] | None:
     if amp_mode is None:
-        return contextlib.nullcontext
+        return None
     if amp_mode != "amp":
         raise ValueError(f"amp_mode must be None or 'amp', got {amp_mode!r}")
     device_type = torch.device(device).type if device is not None else "cpu"
@@ -37,15 +68,188 @@ def _autocast(
     return lambda: torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def _make_scaler(scaler: bool | Any, amp_mode: str | None, device: Any) -> Any | None:
+def _make_scaler(scaler: bool | Any, device: Any) -> Any | None:
     if scaler is False or scaler is None:
         return None
-    if amp_mode != "amp":
-        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
     if scaler is True:
         device_type = torch.device(device).type if device is not None else "cuda"
         return torch.amp.GradScaler(device_type)
     return scaler
+
+
+def _check_accumulation(steps: object) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps must be a positive int (1: no accumulation), got {steps!r}"
+        )
+
+
+def _zero_loss(y_pred: Any) -> torch.Tensor:
+    """0 times every floating tensor of ``y_pred``: a loss whose gradient is zero for exactly
+    the parameters the forward pass used (what DDP expects each iteration)."""
+    leaves: list[torch.Tensor] = []
+
+    def collect(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() or v.is_complex():
+                leaves.append(v)
+        elif isinstance(v, Mapping):
+            for item in v.values():
+                collect(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                collect(item)
+
+    collect(y_pred)
+    if not leaves:
+        raise TypeError(
+            "The model output holds no floating tensor: cannot make the zero-gradient loss of a "
+            "padding batch"
+        )
+    return sum(t.sum() for t in leaves) * 0.0
+
+
+def _training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    device: Any,
+    non_blocking: bool,
+    prepare_batch: Callable,
+    model_transform: Callable,
+    output_transform: Callable,
+    gradient_accumulation_steps: int,
+    model_fn: Callable,
+    autocast: Callable[[], Any] | None,
+    grad_scaler: Any | None,
+) -> Callable[[Engine, Any], Any]:
+    _check_accumulation(gradient_accumulation_steps)
+    accumulate = gradient_accumulation_steps
+    no_sync = getattr(model, "no_sync", None)
+
+    def forward_backward(x: Any, y: Any, padding: bool, weight: float) -> tuple[Any, torch.Tensor]:
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            y_pred = model_transform(model_fn(model, x))
+            loss = _zero_loss(y_pred) if padding else loss_fn(y_pred, y)
+        scaled = loss
+        if weight != 1.0:
+            scaled = scaled * weight
+        if accumulate > 1:
+            scaled = scaled / accumulate
+        if grad_scaler is not None:
+            grad_scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        return y_pred, loss
+
+    def update(engine: Engine, batch: Any) -> Any:
+        it = engine.state.iteration
+        stepping = accumulate == 1 or it % accumulate == 0
+        if accumulate == 1 or (it - 1) % accumulate == 0:
+            optimizer.zero_grad(set_to_none=True)
+        padding = bool(engine.state.batch_padding)
+        # a padding row runs in eval mode: no dropout draw, no batch-norm statistics
+        if model.training == padding:
+            model.train(not padding)
+        x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
+        weight = engine.state.batch_loss_scale
+        if no_sync is not None and not stepping:
+            with no_sync():  # DDP: all-reduce gradients only on the stepping iteration
+                y_pred, loss = forward_backward(x, y, padding, weight)
+        else:
+            y_pred, loss = forward_backward(x, y, padding, weight)
+        if padding:
+            model.train()
+        if stepping:
+            if grad_scaler is not None:
+                grad_scaler.step(optimizer)
+                grad_scaler.update()
+            else:
+                optimizer.step()
+        return output_transform(x, y, y_pred, loss)
+
+    return update
+
+
+def supervised_training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable | torch.nn.Module,
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    prepare_batch: Callable = prepare_batch,
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _default_train_output,
+    gradient_accumulation_steps: int = 1,
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
+) -> Callable[[Engine, Any], Any]:
+    """The process function of a supervised trainer: forward, loss, backward, and (every
+    ``gradient_accumulation_steps`` iterations) the optimizer step.
+
+    As Ignite's, except the default output is ``loss.detach()`` (no host sync) and the
+    padding rules of the module docstring.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> trainer = Engine(supervised_training_step(model, opt, torch.nn.functional.mse_loss))
+        >>> trainer.run([(torch.randn(8, 4), torch.randn(8, 1))] * 2).iteration
+        2
+    """
+    return _training_step(
+        model,
+        optimizer,
+        loss_fn,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        gradient_accumulation_steps,
+        model_fn,
+        None,
+        None,
+    )
+
+
+def supervised_training_step_amp(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable | torch.nn.Module,
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    prepare_batch: Callable = prepare_batch,
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _default_train_output,
+    scaler: Any | None = None,
+    gradient_accumulation_steps: int = 1,
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
+    amp_dtype: torch.dtype | None = None,
+) -> Callable[[Engine, Any], Any]:
+    """:func:`supervised_training_step` under ``torch.autocast`` (float16 on CUDA, bfloat16 on
+    CPU, or ``amp_dtype``), with an optional ``torch.amp.GradScaler``.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> step = supervised_training_step_amp(model, opt, torch.nn.functional.mse_loss, "cpu")
+        >>> Engine(step).run([(torch.randn(8, 4), torch.randn(8, 1))]).iteration
+        1
+    """
+    return _training_step(
+        model,
+        optimizer,
+        loss_fn,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        gradient_accumulation_steps,
+        model_fn,
+        _autocast("amp", device, amp_dtype),
+        scaler,
+    )
 
 
 def create_supervised_trainer(
@@ -55,29 +259,24 @@ def create_supervised_trainer(
     device: str | torch.device | None = None,
     non_blocking: bool = False,
     prepare_batch: Callable = prepare_batch,
-    model_transform: Callable[[Any], Any] = lambda output: output,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = lambda x, y, y_pred, loss: (
-        loss.detach()
-    ),
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _default_train_output,
     deterministic: bool = False,
     amp_mode: str | None = None,
     scaler: bool | Any = False,
     gradient_accumulation_steps: int = 1,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = lambda model, x: model(x),
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Engine:
     """A trainer whose process function runs forward, loss, backward and (every
     ``gradient_accumulation_steps`` iterations) the optimizer step.
 
     Works with a DDP model from ``idist.auto_model``: accumulating steps run under
-    ``no_sync`` so gradients are all-reduced once per optimizer step. When the global batch
-    of an ``auto_dataloader`` does not divide by the world size (an elastic job resumed on
-    another number of ranks), ranks hold unequal shares and each rank's loss is weighted by
-    its share (``loader.sampler.loss_weight``), so the optimizer gets the gradient of the
-    same global batch at any world size. ``amp_mode="amp"``
+    ``no_sync`` so gradients are all-reduced once per optimizer step. ``amp_mode="amp"``
     uses ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU, or ``amp_dtype``) and
     ``scaler=True`` a ``GradScaler``. The default output is the loss as a detached tensor
-    (no host sync per iteration; Ignite returns ``loss.item()``).
+    (no host sync per iteration; Ignite returns ``loss.item()``). ``deterministic=True``
+    returns a :class:`~distengine.engine.deterministic.DeterministicEngine`.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -87,80 +286,109 @@ def create_supervised_trainer(
         >>> trainer.run(data, max_epochs=2).iteration
         6
     """
-    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"gradient_accumulation_steps must be a positive int, got {gradient_accumulation_steps!r}"
-        )
-    autocast = _autocast(amp_mode, device, amp_dtype)
-    grad_scaler = _make_scaler(scaler, amp_mode, device)
-    accumulate = gradient_accumulation_steps
-    no_sync = getattr(model, "no_sync", None)
-    share = _ShareWeight()
-
-    def forward_backward(x: Any, y: Any, weight: float) -> tuple[Any, torch.Tensor]:
-        if amp_mode is None:  # no context managers on the plain path: they cost per iteration
-            y_pred = model_transform(model_fn(model, x))
-            loss = loss_fn(y_pred, y)
-        else:
-            with autocast():
-                y_pred = model_transform(model_fn(model, x))
-                loss = loss_fn(y_pred, y)
-        weighted = loss * weight if weight != 1.0 else loss  # unequal shares of the global batch
-        scaled = weighted / accumulate if accumulate > 1 else weighted
-        if grad_scaler is not None:
-            grad_scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        return y_pred, loss
-
-    def update(engine: Engine, batch: Any) -> Any:
-        if not model.training:
-            model.train()
-        it = engine.state.iteration
-        stepping = accumulate == 1 or it % accumulate == 0
-        if accumulate == 1 or (it - 1) % accumulate == 0:
-            optimizer.zero_grad(set_to_none=True)
-        x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
-        weight = share(engine)
-        if no_sync is not None and not stepping:
-            with no_sync():  # DDP: all-reduce gradients only on the stepping iteration
-                y_pred, loss = forward_backward(x, y, weight)
-        else:
-            y_pred, loss = forward_backward(x, y, weight)
-        if stepping:
-            if grad_scaler is not None:
-                grad_scaler.step(optimizer)
-                grad_scaler.update()
-            else:
-                optimizer.step()
-        return output_transform(x, y, y_pred, loss)
-
-    trainer = Engine(update)
+    if scaler not in (False, None) and amp_mode != "amp":
+        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
+    grad_scaler = _make_scaler(scaler, device)
+    step = _training_step(
+        model,
+        optimizer,
+        loss_fn,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        gradient_accumulation_steps,
+        model_fn,
+        _autocast(amp_mode, device, amp_dtype),
+        grad_scaler,
+    )
+    trainer = DeterministicEngine(step) if deterministic else Engine(step)
     if grad_scaler is not None:
         trainer.state.scaler = grad_scaler
-    if deterministic:
-        trainer.add_event_handler(Events.STARTED, _enable_determinism)
     return trainer
 
 
-class _ShareWeight:
-    """This rank's loss weight for the engine's current data (1.0 unless shares differ)."""
+def _evaluation_step(
+    model: torch.nn.Module,
+    device: Any,
+    non_blocking: bool,
+    prepare_batch: Callable,
+    model_transform: Callable,
+    output_transform: Callable,
+    model_fn: Callable,
+    autocast: Callable[[], Any] | None,
+) -> Callable[[Engine, Any], Any]:
+    @torch.no_grad()
+    def evaluate(engine: Engine, batch: Any) -> Any:
+        if model.training:
+            model.eval()
+        x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            y_pred = model_transform(model_fn(model, x))
+        return output_transform(x, y, y_pred)
 
-    def __init__(self) -> None:
-        self._data: Any = None
-        self._weight = 1.0
-
-    def __call__(self, engine: Engine) -> float:
-        data = engine.state.dataloader
-        if data is not self._data:  # looked up once per loader, not per iteration
-            self._data = data
-            sampler = find_resumable_sampler(data) if data is not None else None
-            self._weight = float(getattr(sampler, "loss_weight", 1.0))
-        return self._weight
+    return evaluate
 
 
-def _enable_determinism() -> None:
-    torch.use_deterministic_algorithms(True, warn_only=True)
+def supervised_evaluation_step(
+    model: torch.nn.Module,
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    prepare_batch: Callable = prepare_batch,
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any], Any] = _default_eval_output,
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
+) -> Callable[[Engine, Any], Any]:
+    """The process function of a supervised evaluator: the model in eval mode, no grad;
+    returns ``(y_pred, y)`` by default.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> ev = Engine(supervised_evaluation_step(model))
+        >>> y_pred, y = ev.run([(torch.randn(3, 4), torch.zeros(3))]).output
+        >>> tuple(y_pred.shape)
+        (3, 2)
+    """
+    return _evaluation_step(
+        model,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        model_fn,
+        None,
+    )
+
+
+def supervised_evaluation_step_amp(
+    model: torch.nn.Module,
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    prepare_batch: Callable = prepare_batch,
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any], Any] = _default_eval_output,
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
+    amp_dtype: torch.dtype | None = None,
+) -> Callable[[Engine, Any], Any]:
+    """:func:`supervised_evaluation_step` under ``torch.autocast``.
+
+    Example:
+        >>> ev = Engine(supervised_evaluation_step_amp(torch.nn.Linear(4, 2), "cpu"))
+        >>> ev.run([(torch.randn(3, 4), torch.zeros(3))]).iteration
+        1
+    """
+    return _evaluation_step(
+        model,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        model_fn,
+        _autocast("amp", device, amp_dtype),
+    )
 
 
 def create_supervised_evaluator(
@@ -169,10 +397,10 @@ def create_supervised_evaluator(
     device: str | torch.device | None = None,
     non_blocking: bool = False,
     prepare_batch: Callable = prepare_batch,
-    model_transform: Callable[[Any], Any] = lambda output: output,
-    output_transform: Callable[[Any, Any, Any], Any] = lambda x, y, y_pred: (y_pred, y),
+    model_transform: Callable[[Any], Any] = _identity,
+    output_transform: Callable[[Any, Any, Any], Any] = _default_eval_output,
     amp_mode: str | None = None,
-    model_fn: Callable[[torch.nn.Module, Any], Any] = lambda model, x: model(x),
+    model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Engine:
     """An evaluator that runs the model under ``torch.no_grad`` and feeds ``metrics``.
@@ -188,18 +416,17 @@ def create_supervised_evaluator(
         >>> 0.0 <= evaluator.run(data).metrics["acc"] <= 1.0
         True
     """
-    autocast = _autocast(amp_mode, device, amp_dtype)
-
-    @torch.no_grad()
-    def evaluate(engine: Engine, batch: Any) -> Any:
-        if model.training:
-            model.eval()
-        x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
-        with autocast():
-            y_pred = model_transform(model_fn(model, x))
-        return output_transform(x, y, y_pred)
-
-    evaluator = Engine(evaluate)
+    step = _evaluation_step(
+        model,
+        device,
+        non_blocking,
+        prepare_batch,
+        model_transform,
+        output_transform,
+        model_fn,
+        _autocast(amp_mode, device, amp_dtype),
+    )
+    evaluator = Engine(step)
     for name, metric in (metrics or {}).items():
         metric.attach(evaluator, name)
     return evaluator

@@ -16,21 +16,33 @@ def _rank_batches(n, gbs, world, rank, seed=3, epoch=0, shuffle=True, drop_last=
     s.set_epoch(epoch)
     s.set_start(start)
     idx = list(s)
-    lb = gbs // world
+    # what a DataLoader with batch_size=s.loader_batch_size makes of the indices
+    lb = s.loader_batch_size
     return [idx[i : i + lb] for i in range(0, len(idx), lb)], s
 
 
 def _global_batches(n, gbs, world, **kw):
-    per_rank = [_rank_batches(n, gbs, world, r, **kw)[0] for r in range(world)]
-    assert len({len(b) for b in per_rank}) == 1, "every rank must get the same number of batches"
-    return [sum((per_rank[r][k] for r in range(world)), []) for k in range(len(per_rank[0]))]
+    per_rank = [_rank_batches(n, gbs, world, r, **kw) for r in range(world)]
+    assert len({len(b) for b, _ in per_rank}) == 1, "every rank must get the same number of batches"
+    first = kw.get("start", 0) // gbs
+    out = []
+    for k in range(len(per_rank[0][0])):
+        batch = []
+        for batches, s in per_rank:
+            rows = batches[k]
+            batch += rows[: len(rows) - s.padding_in_batch(first + k)]  # real rows only
+        out.append(batch)
+    return out
 
 
-@pytest.mark.parametrize("n", [24, 25, 31])
-def test_global_batches_do_not_depend_on_world_size(n):
-    ref = _global_batches(n, 12, 1)
+@pytest.mark.parametrize("n", [24, 25, 31, 7])
+@pytest.mark.parametrize("gbs", [12, 10, 5])
+def test_global_batches_do_not_depend_on_world_size(n, gbs):
+    ref = _global_batches(n, gbs, 1)
+    assert sorted(sum(ref, [])) == list(range(n))  # a pass reads every sample once
     for world in (2, 3, 4, 6):
-        assert _global_batches(n, 12, world) == ref
+        assert _global_batches(n, gbs, world) == ref, world
+        assert _global_batches(n, gbs, world, start=gbs) == ref[1:], world
 
 
 def test_one_permutation_per_pass_function_of_seed_and_pass():
@@ -47,38 +59,62 @@ def test_start_skips_without_producing_skipped_indices():
     assert resumed == full[3:]
 
 
-def test_padding_recorded_and_drop_last():
+def test_no_padding_at_world_size_one():
+    batches, s = _rank_batches(10, 64, 1, 0, shuffle=False)
+    assert batches == [list(range(10))]  # one short batch: no duplicate rows
+    assert s.batch_geometry(0) == (10, 0, 1.0)
+    batches, s = _rank_batches(10, 4, 1, 0, shuffle=False)
+    assert [len(b) for b in batches] == [4, 4, 2] and s.padding_in_batch(2) == 0
+
+
+def test_padding_is_one_row_for_a_rank_left_without_samples():
+    # 10 samples, global batch 4, 2 ranks: the last global batch [8, 9] is rank 0's
     batches, s = _rank_batches(10, 4, 2, 1, shuffle=False)
-    # stream 0..9 + pad [0, 1]; global batch 2 = [8, 9, 0, 1]: rank 1 gets [0, 1], both padding
-    assert batches == [[2, 3], [6, 7], [0, 1]]
-    assert s.total_padding == 2 and [s.padding_in_batch(k) for k in range(3)] == [0, 0, 2]
-    _, s0 = _rank_batches(10, 4, 2, 0, shuffle=False)
-    assert [s0.padding_in_batch(k) for k in range(3)] == [0, 0, 0]
+    assert batches == [[2, 3], [6, 7], [8]]  # rank 1's last batch: one padding row
+    assert [s.batch_geometry(k) for k in range(3)] == [(2, 0, 1.0), (2, 0, 1.0), (0, 1, 0.0)]
+    batches0, s0 = _rank_batches(10, 4, 2, 0, shuffle=False)
+    assert batches0 == [[0, 1], [4, 5], [8, 9]]
+    assert s0.batch_geometry(2) == (2, 0, 2.0)  # 2 rows * 2 ranks / 2 samples in the batch
+    assert s0.first_irregular_batch == s.first_irregular_batch == 2
     dropped = _global_batches(10, 4, 2, shuffle=False, drop_last=True)
     assert dropped == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
-def test_eval_every_sample_once_without_padding():
-    for n, world in [(10, 3), (7, 2), (5, 4)]:
-        gbs = world * 2
+def test_uneven_shares_weight_the_loss_to_the_global_mean():
+    # global batch 5 over 2 ranks: shares 3 and 2; weights make DDP's mean the global mean
+    world, gbs, n = 2, 5, 12
+    samplers = [
+        ResumableDistributedSampler(n, gbs, num_replicas=world, rank=r) for r in range(world)
+    ]
+    assert [s.loader_batch_size for s in samplers] == [3, 2]
+    assert all(s.first_irregular_batch == 0 for s in samplers)
+    for k in range(samplers[0].num_batches):
+        geo = [s.batch_geometry(k) for s in samplers]
+        assert sum(real for real, _, _ in geo) == samplers[0].global_rows(k)
+        # sum over ranks of (weight * mean over real rows) / world == mean over the batch
+        assert sum(w for _, _, w in geo) == pytest.approx(world * (1 if geo[1][0] else 1))
+        for real, _, w in geo:
+            assert w == pytest.approx(real * world / samplers[0].global_rows(k))
+
+
+def test_eval_every_sample_once_any_batch_size():
+    for n, world, gbs in [(10, 3, 6), (7, 2, 4), (5, 4, 8), (10, 3, 8), (9, 4, 2), (13, 5, 7)]:
         seen = []
         for r in range(world):
             batches, s = _rank_batches(n, gbs, world, r, shuffle=False)
             for k, b in enumerate(batches):
                 seen += b[: len(b) - s.padding_in_batch(k)]
-        assert sorted(seen) == list(range(n))
+        assert sorted(seen) == list(range(n)), (n, world, gbs)
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (
-            dict(data_source=10, global_batch_size=1, num_replicas=2, rank=0),
-            "at least one sample per rank",
-        ),
         (dict(data_source=0, global_batch_size=4, num_replicas=1, rank=0), "non-empty"),
         (dict(data_source=10, global_batch_size=0, num_replicas=1, rank=0), "positive"),
+        (dict(data_source=10, global_batch_size=2.0, num_replicas=1, rank=0), "positive"),
         (dict(data_source=10, global_batch_size=4, num_replicas=2, rank=2), "rank"),
+        (dict(data_source=10, global_batch_size=4, num_replicas=1, rank=0, seed=-1), "seed"),
         (
             dict(data_source=3, global_batch_size=4, num_replicas=1, rank=0, drop_last=True),
             "no batch",
@@ -94,6 +130,8 @@ def test_set_start_must_be_batch_aligned():
     s = ResumableDistributedSampler(20, 4, num_replicas=1, rank=0)
     with pytest.raises(ValueError, match="multiple"):
         s.set_start(3)
+    with pytest.raises(ValueError, match="multiple"):
+        s.set_start(-4)
 
 
 class _Augmented(torch.utils.data.Dataset):
@@ -130,3 +168,32 @@ def test_seeded_dataset_same_samples_with_workers():
         return [tuple(map(tuple, (t.tolist() for t in b))) for b in loader]
 
     assert collect(0) == collect(2)
+
+
+def test_seeded_dataset_restores_cached_gaussians_exactly():
+    """Reading a sample in the main process must not change any later draw of the caller,
+    including the second value of a pair that numpy, ``random`` and torch draw together
+    and cache (numpy's legacy ``gauss`` cache was lost before)."""
+
+    class Gaussians(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return np.random.normal(), random.gauss(0, 1), torch.randn(1).item()
+
+    ds = SeededDataset(Gaussians())
+
+    def caller_draws(read_between):
+        np.random.seed(0)
+        random.seed(0)
+        torch.manual_seed(0)
+        first = (np.random.normal(), random.gauss(0, 1), torch.randn(3))  # leaves caches full
+        if read_between:
+            ds.__getitems__([(1, 2, 3), (1, 2, 0)])
+        return first, (np.random.normal(), random.gauss(0, 1), torch.randn(3))
+
+    plain, with_read = caller_draws(False), caller_draws(True)
+    assert plain[1][0] == with_read[1][0]
+    assert plain[1][1] == with_read[1][1]
+    assert torch.equal(plain[1][2], with_read[1][2])

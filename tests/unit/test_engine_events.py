@@ -84,9 +84,13 @@ def test_event_order_matches_ignite(make_data, run_kwargs, actions):
 
 def test_exhausted_iterator_warns_and_ends():
     eng = Engine(lambda e, b: b)
-    with pytest.warns(UserWarning, match="cannot provide more batches"):
+    ended = []
+    eng.add_event_handler(Events.TERMINATE, lambda: ended.append("TERMINATE"))
+    eng.add_event_handler(Events.COMPLETED, lambda: ended.append("COMPLETED"))
+    with pytest.warns(UserWarning, match="can not provide data anymore"):
         state = eng.run(iter(range(4)), max_epochs=5)
-    assert state.iteration == 4 and state.epoch_length == 4
+    assert state.iteration == 4 and state.epoch_length == 4 and state.epoch == 2
+    assert ended == ["COMPLETED"]
 
 
 def test_terminate_epoch_on_started_is_an_error():
@@ -178,7 +182,7 @@ def test_handle_as_context_manager_and_removal():
         eng.run([1, 2])
     assert not eng.has_event_handler(on_iter)
     assert calls == [1, 2]
-    with pytest.raises(ValueError, match="not attached"):
+    with pytest.raises(ValueError, match="has no handler attached|is not found among"):
         eng.remove_event_handler(on_iter, Events.ITERATION_COMPLETED)
 
 
@@ -188,7 +192,7 @@ def test_handler_signature_checked_when_added():
     def needs_two(engine, a, b):
         pass
 
-    with pytest.raises(ValueError, match="cannot be called"):
+    with pytest.raises(ValueError, match="takes parameters .* but will be called with"):
         eng.add_event_handler(Events.STARTED, needs_two, 1)
     eng.add_event_handler(Events.STARTED, needs_two, 1, b=2)  # fine
     seen = []
@@ -211,7 +215,7 @@ def test_on_decorator_args_kwargs():
 
 def test_unknown_event_rejected():
     eng = Engine(lambda e, b: b)
-    with pytest.raises(ValueError, match="not a known event"):
+    with pytest.raises(ValueError, match="not a valid event"):
         eng.add_event_handler("nope", lambda: None)
 
 
@@ -262,4 +266,4 @@ def test_state_fields_and_user_attributes():
     assert state.seed == 11 and state.epoch_length == 4 and state.max_epochs == 1
     assert torch.equal(state.output, torch.tensor([30]))
     assert state.times["EPOCH_COMPLETED"] >= 0 and state.times["COMPLETED"] >= 0
-    assert "iteration=4" in repr(state)
+    assert "\titeration: 4\n" in repr(state) and repr(state).startswith("State:")

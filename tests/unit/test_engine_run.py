@@ -2,6 +2,7 @@
 
 import ignite.engine as ignite_engine  # the oracle is a test dependency: no silent skip
 import pytest
+import torch
 
 from distengine.engine import Engine, Events
 
@@ -37,13 +38,13 @@ def test_rerun_finished_run_restarts():
 def test_errors_for_invalid_continuations():
     eng = Engine(lambda e, b: b)
     eng.run(range(3), max_epochs=3)
-    with pytest.raises(ValueError, match="smaller than the epoch"):
+    with pytest.raises(ValueError, match="greater than or equal to the start epoch"):
         eng.run(range(3), max_epochs=2)
     with pytest.raises(ValueError, match="max_epochs to max_iters"):
         eng.run(range(3), max_iters=20)
     with pytest.raises(ValueError, match="mutually exclusive"):
         Engine(lambda e, b: b).run(range(3), max_epochs=2, max_iters=3)
-    with pytest.raises(ValueError, match="epoch_length must be given"):
+    with pytest.raises(ValueError, match="epoch_length should be provided if data is None"):
         Engine(lambda e, b: b).run(None, max_epochs=2)
     with pytest.raises(ValueError, match="empty"):
         Engine(lambda e, b: b).run([], max_epochs=2)
@@ -120,3 +121,42 @@ def test_max_iters_continuation_with_data_without_len():
     assert (eng.state.iteration, eng.state.epoch_length, eng.state.max_epochs) == (6, 4, 2)
     eng.run(NoLen(), max_iters=9)
     assert (eng.state.iteration, eng.state.max_iters, eng.state.max_epochs) == (9, 9, 3)
+
+
+_LAUNCH = """
+import sys, torch
+from distengine.distributed import auto_dataloader
+from distengine.engine import Engine, Events
+if sys.argv[1] == "seeded":
+    torch.manual_seed(0)
+seen = []
+eng = Engine(lambda e, b: seen.extend(b[0].tolist()))
+eng.run(auto_dataloader(torch.utils.data.TensorDataset(torch.arange(32)), batch_size=8), max_epochs=2)
+print(eng.state.seed, seen)
+"""
+
+
+def test_run_without_seed_follows_torch_global_seeding_across_launches():
+    import subprocess
+    import sys
+
+    def launch(mode):
+        out = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, mode], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    seeded = [launch("seeded") for _ in range(2)]
+    assert seeded[0] == seeded[1]  # torch.manual_seed(0) fixes the data order
+    assert seeded[0].split()[0] == "0"  # the run's seed is torch's initial seed
+    unseeded = [launch("unseeded") for _ in range(2)]
+    assert unseeded[0] != unseeded[1]  # no global seeding: a fresh order per launch
+
+
+def test_run_seed_does_not_draw_from_the_global_generator():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    Engine(lambda e, b: None).run(range(3), max_epochs=1)
+    assert torch.equal(torch.rand(3), expected)

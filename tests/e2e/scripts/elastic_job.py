@@ -103,8 +103,8 @@ def main() -> None:
         "rank": rank,
         "world": world,
         "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-        "share": loader.sampler.local_batch_size,
-        "loss_weight": loader.sampler.loss_weight,
+        "share": loader.sampler.rank_batch_size,
+        "loss_weight": loader.sampler.batch_geometry(0)[2],
         "resumed_iteration": None,
         "ended": "running",
     }

@@ -101,15 +101,23 @@ def main() -> None:
     latest = Checkpoint.latest(ckpt_dir)
     info = {"rank": rank, "attempt": attempt, "world": world, "latest": latest}
     if latest is not None:
-        Checkpoint.load_objects(to_load=to_save, checkpoint=latest)
         if args.restore == "ignite":
-            # negative control: keep only what Ignite restores (weights, optimizer, Ignite's
-            # counters); drop the data pass, cursor and per-rank RNG states
-            sd = trainer.state_dict()
-            fresh = type(trainer)(trainer._process_function)
-            trainer._data, trainer._rank_state = fresh._data, fresh._rank_state
-            trainer.load_state_dict({k: sd[k] for k in ("iteration", "epoch_length", "max_epochs")})
-            trainer._data.load(sd["data_pass"], 0, 0)  # Ignite restarts the epoch's iterator
+            # negative control: restore only what Ignite restores (weights, optimizer, Ignite's
+            # counters); the pass restarts at its first batch and no per-rank RNG state is kept
+            Checkpoint.load_objects(
+                to_load={"model": model, "optimizer": opt}, checkpoint=latest, strict=False
+            )
+            saved = torch.load(latest, weights_only=True)["trainer"]
+            trainer.load_state_dict(
+                {
+                    **{k: saved[k] for k in ("iteration", "epoch_length", "max_epochs", "seed")},
+                    "data_pass": saved["data_pass"],
+                    "pass_batches": 0,
+                    "cursor": 0,
+                }
+            )
+        else:
+            Checkpoint.load_objects(to_load=to_save, checkpoint=latest)
         sd = trainer.state_dict()
         info.update(
             resumed_iteration=sd["iteration"],
