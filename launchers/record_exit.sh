@@ -7,8 +7,10 @@
 #       bash launchers/record_exit.sh python -u script.py [args...]
 #
 # Writes the status to $DISTENGINE_STATUS_DIR/local_rank_$LOCAL_RANK (each restart
-# attempt overwrites it, so the file holds the last attempt's status). launchers/slurm_node.sh
-# reads these files.
+# attempt overwrites it, so the file holds the last attempt's status). launchers/node.sh
+# reads these files. DISTENGINE_LAUNCHER_PID is set to torchrun's agent (this shell's
+# parent): the worker watches that process, not this shell, and ends when the agent is
+# gone (a SIGKILLed agent would otherwise leave this shell and the worker running).
 set -u
 if [ $# -lt 1 ]; then
   echo "usage: DISTENGINE_STATUS_DIR=DIR bash launchers/record_exit.sh command [args...]" >&2
@@ -25,6 +27,7 @@ fi
 # bash runs it only once the foreground command has returned. The command itself starts
 # with the default dispositions, so it still receives and handles the signals.
 trap ':' TERM INT HUP QUIT USR1 USR2
+export DISTENGINE_LAUNCHER_PID=$PPID
 "$@"
 status=$?
 echo "$status" >"$DISTENGINE_STATUS_DIR/local_rank_${LOCAL_RANK:-0}"

@@ -103,23 +103,25 @@ def on_rank0_for_all(op: str, compute: Callable[[], Any], what: str) -> Any:
             value = compute()
         except Exception as e:
             error = f"{what} failed on rank 0: {type(e).__name__}: {e}"
-    value, error = broadcast_from((value, error), src=0)
+    value, error = broadcast_from((value, error), src=0, what=f"checkpoint {op}")
     if error is not None:
         raise CheckpointError(error)
     return value
 
 
-def broadcast_from(obj: Any, src: int) -> Any:
+def broadcast_from(obj: Any, src: int, what: str = "checkpoint") -> Any:
     """``obj`` of rank ``src`` on every rank (returns ``obj`` itself on one rank)."""
     if idist.get_world_size() == 1:
         return obj
-    return idist.broadcast(obj, src=src)
+    with idist.watch_collective(f"{what}: broadcast from rank {src}"):  # for hang reports
+        return idist.broadcast(obj, src=src)
 
 
-def gather_to_all(obj: Any) -> list[Any]:
+def gather_to_all(obj: Any, what: str = "checkpoint") -> list[Any]:
     """``[obj of rank 0, obj of rank 1, …]`` on every rank (``[obj]`` on one rank)."""
     if idist.get_world_size() == 1:
         return [obj]
-    gathered = idist.all_gather(obj)
+    with idist.watch_collective(f"{what}: all_gather"):  # for hang reports
+        gathered = idist.all_gather(obj)
     assert len(gathered) == idist.get_world_size(), (len(gathered), idist.get_world_size())
     return list(gathered)

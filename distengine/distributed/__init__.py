@@ -22,6 +22,7 @@ from .collectives import (
     one_rank_first,
 )
 from .groups import new_group
+from .hangs import register_status_provider, unregister_status_provider, watch_collective
 from .launch import Parallel, spawn
 from .queries import (
     backend,
@@ -82,11 +83,14 @@ __all__ = [
     "notify_failure",
     "one_rank_first",
     "one_rank_only",
+    "register_status_provider",
     "rendezvous_check",
     "set_local_rank",
     "show_config",
     "spawn",
     "sync",
+    "unregister_status_provider",
+    "watch_collective",
 ]
 
 from .auto_data import auto_dataloader  # noqa: E402  (last: it imports distengine.data and engine)

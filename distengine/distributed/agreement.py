@@ -1,17 +1,21 @@
 """Cross-rank agreement on the CPU group: OR of request flags, sync checks, store rendezvous.
 
 Under NCCL these run on the gloo side group, so the per-iteration agreement of the engine
-never forces a GPU synchronisation (contract 4 of DESIGN.md).
+never forces a GPU synchronisation. Each marks itself in flight for the hang watchdog
+(:mod:`.hangs`): on the per-iteration path that is three attribute writes, no clock and
+no syscall.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from .collectives import _group
+from .hangs import IN_FLIGHT, watch_collective
 
 __all__ = ["agree_flags", "check_in_sync", "rendezvous_check"]
 
@@ -50,8 +54,18 @@ def agree_flags(flags: int) -> int:
         _flag_buf = (rt, torch.zeros(1, dtype=torch.int64))
     buf = _flag_buf[1]
     buf.fill_(flags)
-    dist.all_reduce(buf, op=dist.ReduceOp.BOR, group=rt.cpu_group)
+    w = IN_FLIGHT  # inlined watch_collective("agreement"): this runs once per iteration
+    w.seq += 1
+    w.name = "agreement"
+    w.thread = _get_ident()
+    try:
+        dist.all_reduce(buf, op=dist.ReduceOp.BOR, group=rt.cpu_group)
+    finally:
+        w.name = None
     return int(buf.item())
+
+
+_get_ident = threading.get_ident
 
 
 def check_in_sync(values: tuple[int, ...], names: tuple[str, ...]) -> None:
@@ -87,7 +101,8 @@ def check_in_sync(values: tuple[int, ...], names: tuple[str, ...]) -> None:
     gathered: list[tuple[int, ...] | None] = [None] * rt.env.world_size
     # Objects, not tensors: digests may exceed int64, and ranks that diverged may even
     # pass different numbers of values.
-    dist.all_gather_object(gathered, values, group=rt.cpu_group)
+    with watch_collective("sync check"):
+        dist.all_gather_object(gathered, values, group=rt.cpu_group)
     ref = gathered[0]
     assert ref is not None
     for r, theirs in enumerate(gathered[1:], start=1):
@@ -140,7 +155,8 @@ def rendezvous_check(tag: str, timeout: float) -> None:
         keys.set(f"rdv/{tag}/done", "1")
         return
     try:
-        keys.wait([f"rdv/{tag}/done"], timedelta(seconds=timeout))
+        with watch_collective(f"rendezvous {tag!r}"):
+            keys.wait([f"rdv/{tag}/done"], timedelta(seconds=timeout))
         return
     except dist.DistStoreError:  # the wait timed out
         if keys.check([f"rdv/{tag}/done"]):

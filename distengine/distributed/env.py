@@ -11,10 +11,18 @@ import os
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_HANG_TIMEOUT",
+    "DEFAULT_PREEMPT_EXIT",
     "FAILURE_TIMEOUT_ENV",
+    "HANG_TIMEOUT_ENV",
+    "LAUNCHER_PID_ENV",
+    "PREEMPT_EXIT_ENV",
     "STORE_HOSTED_ENV",
     "LauncherEnv",
     "failure_timeout_from_env",
+    "hang_timeout_from_env",
+    "launcher_pid",
+    "preempt_exit_from_env",
     "read_env",
 ]
 
@@ -24,7 +32,20 @@ FAILURE_TIMEOUT_ENV = "DISTENGINE_FAILURE_TIMEOUT"
 STORE_HOSTED_ENV = "DISTENGINE_STORE_HOSTED"
 """Set to ``"1"`` by :func:`spawn`: its parent hosts the store, every rank is a client."""
 
+HANG_TIMEOUT_ENV = "DISTENGINE_HANG_TIMEOUT"
+"""Seconds an agreement or checkpoint collective may wait for the other ranks before the
+job is reported as hung (default 600; ``0`` or ``off`` turns the detection off)."""
+
+PREEMPT_EXIT_ENV = "DISTENGINE_PREEMPT_EXIT"
+"""Exit status of a run stopped by a preemption signal after its checkpoint (default 75)."""
+
+LAUNCHER_PID_ENV = "DISTENGINE_LAUNCHER_PID"
+"""Pid of the launcher that owns this worker when it is not the direct parent (set by
+``launchers/record_exit.sh``, which sits between torchrun's agent and the worker)."""
+
 DEFAULT_FAILURE_TIMEOUT = 10.0
+DEFAULT_HANG_TIMEOUT = 600.0
+DEFAULT_PREEMPT_EXIT = 75
 
 _REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -151,3 +172,94 @@ def failure_timeout_from_env() -> float:
     if not value > 0:
         raise ValueError(f"{FAILURE_TIMEOUT_ENV} must be > 0 seconds, got {value}")
     return value
+
+
+def hang_timeout_from_env() -> float | None:
+    """``DISTENGINE_HANG_TIMEOUT`` in seconds (default 600); ``None`` when turned off.
+
+    ``0``, ``off``, ``none`` or ``false`` turn hang detection off (for jobs whose ranks
+    legitimately wait for each other longer than any bound, e.g. one rank preparing data
+    for an hour while the others wait in a collective).
+
+    Raises:
+        ValueError: the variable is neither a number >= 0 nor one of the words above.
+
+    Example:
+        >>> t = hang_timeout_from_env()
+        >>> t is None or t > 0
+        True
+    """
+    raw = os.environ.get(HANG_TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_HANG_TIMEOUT
+    if raw.strip().lower() in ("off", "none", "false"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{HANG_TIMEOUT_ENV} must be a number of seconds (0 or 'off' to turn hang detection "
+            f"off), got {raw!r}"
+        ) from None
+    if value != value or value < 0:  # NaN or negative
+        raise ValueError(f"{HANG_TIMEOUT_ENV} must be >= 0 seconds (0 = off), got {raw!r}")
+    return None if value == 0 else value
+
+
+def preempt_exit_from_env() -> int:
+    """``DISTENGINE_PREEMPT_EXIT``: the exit status of a preempted run (default 75, ``EX_TEMPFAIL``).
+
+    Schedulers restart a job by its exit status, each with its own rule (Kubeflow's
+    ``ExitCode`` policy retries only statuses >= 128), so the status is configurable; it
+    must be a valid, non-zero exit status.
+
+    Raises:
+        ValueError: not an integer in 1..255.
+
+    Example:
+        >>> 1 <= preempt_exit_from_env() <= 255
+        True
+    """
+    raw = os.environ.get(PREEMPT_EXIT_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_PREEMPT_EXIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{PREEMPT_EXIT_ENV} must be an exit status in 1..255, got {raw!r}"
+        ) from None
+    if not 1 <= value <= 255:
+        raise ValueError(f"{PREEMPT_EXIT_ENV} must be an exit status in 1..255, got {value}")
+    return value
+
+
+def launcher_pid() -> int | None:
+    """The pid of the launcher this worker must not outlive, or ``None`` when there is none.
+
+    ``DISTENGINE_LAUNCHER_PID`` when set, else the parent process when a launcher that stays
+    alive for the whole job started this one: torchrun's agent (``TORCHELASTIC_RUN_ID`` is
+    set) or :func:`~distengine.distributed.spawn` (``DISTENGINE_STORE_HOSTED``). A process
+    started by hand with ``RANK``/``WORLD_SIZE`` set has no such launcher: its parent (a
+    shell) may legitimately exit first.
+
+    Raises:
+        ValueError: ``DISTENGINE_LAUNCHER_PID`` is not a positive integer.
+
+    Example:
+        >>> pid = launcher_pid()
+        >>> pid is None or pid > 0
+        True
+    """
+    raw = os.environ.get(LAUNCHER_PID_ENV)
+    if raw:
+        try:
+            pid = int(raw)
+        except ValueError:
+            raise ValueError(f"{LAUNCHER_PID_ENV} must be a process id, got {raw!r}") from None
+        if pid < 1:
+            raise ValueError(f"{LAUNCHER_PID_ENV} must be a process id >= 1, got {pid}")
+        return pid
+    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get(STORE_HOSTED_ENV) == "1":
+        return os.getppid()
+    return None

@@ -6,7 +6,7 @@ distengine call that needs the group goes through :func:`active`, which creates 
 use when launcher variables are present. Without them the process is a job of one and
 :func:`active` returns ``None``.
 
-Teardown order matters on torch 2.13 (PLATFORM_NOTES.md): DDP modules are released first
+Teardown order matters on torch 2.13 (docs/internals.md, "Platform facts"): DDP modules are released first
 (see :mod:`.teardown`), then the process groups are destroyed, then the stores are
 dropped. A process that reported a failure does not tear down at all: its peers are dying,
 so it flushes its output and exits with status 1.
@@ -36,7 +36,13 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401, E402
 
 from . import rendezvous
-from .env import LauncherEnv, failure_timeout_from_env, read_env
+from .env import (
+    LauncherEnv,
+    failure_timeout_from_env,
+    hang_timeout_from_env,
+    launcher_pid,
+    read_env,
+)
 from .stores import connect_store, watch_connection
 from .teardown import release_ddp_modules
 from .watchdog import ALL_RELEASED, FAILURE_EXIT_CODE, FailureWatchdog, record_failure
@@ -83,6 +89,7 @@ class Runtime:
     init_method: str = "env://"
     failed: bool = False
     previous_excepthook: Any = None
+    hang_timeout: float | None = None
 
     @property
     def hosts_store(self) -> bool:
@@ -198,8 +205,12 @@ def initialize(
     Backend ``nccl`` when CUDA is available, else
     ``gloo``; under NCCL the CUDA device is set from ``LOCAL_RANK`` and a gloo side group is
     created for CPU agreement. At world size > 1 a watchdog thread ends this process when
-    another rank reports a failure. Calling it again is a no-op. You rarely need to call
-    it: any distengine call that needs the group initializes it on first use.
+    another rank reports a failure, and reports a hang when an agreement or checkpoint
+    collective waits longer than ``DISTENGINE_HANG_TIMEOUT`` (default 600 s). Under
+    torchrun's agent or :func:`spawn` the same thread ends this process (exit status 1)
+    when its launcher is gone, so a SIGKILLed agent leaves no orphan. Calling it again is
+    a no-op. You rarely need to call it: any distengine call that needs the group
+    initializes it on first use.
 
     Args:
         backend: ``"gloo"``, ``"nccl"`` or another torch backend; default as above.
@@ -214,9 +225,9 @@ def initialize(
 
     Raises:
         ValueError: incomplete launcher variables, ``nccl`` without CUDA, non-positive
-            timeouts, a backend different from the one already initialized, or an
-            ``init_method``/``rank``/``world_size`` that is invalid or contradicts the
-            environment.
+            timeouts, a malformed ``DISTENGINE_HANG_TIMEOUT``, a backend different from the
+            one already initialized, or an ``init_method``/``rank``/``world_size`` that is
+            invalid or contradicts the environment.
         RuntimeError: ``init_method`` given while a process group created elsewhere exists.
         TypeError: a timeout or backend of the wrong type.
 
@@ -255,9 +266,11 @@ def initialize(
         ft = failure_timeout_from_env() if failure_timeout is None else failure_timeout
         if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not ft > 0:
             raise ValueError(f"failure_timeout must be a number of seconds > 0, got {ft!r}")
+        hang_timeout = hang_timeout_from_env()
         _finalized = False
         if env is None:
             return
+        parent = launcher_pid()
         if dist.is_initialized():
             current = dist.get_backend()
             if backend is not None and backend != current:
@@ -299,6 +312,7 @@ def initialize(
             cpu_group=cpu_group,
             world_ref=weakref.ref(dist.GroupMember.WORLD),
             init_method=meet.init_method if meet is not None else "env://",
+            hang_timeout=hang_timeout,
         )
         if env.world_size > 1:
             if not owns_group:
@@ -307,10 +321,18 @@ def initialize(
                 rt.watch_store = meet.watch(pg_timeout)
             else:
                 rt.watch_store = watch_connection(env, pg_timeout)
+        if env.world_size > 1 or parent is not None:
             rt.watchdog = FailureWatchdog(
-                rt.watch_store, env.rank, env.world_size, rt.failure_timeout
+                rt.watch_store,
+                env.rank,
+                env.world_size,
+                rt.failure_timeout,
+                hang_timeout=hang_timeout if env.world_size > 1 else None,
+                launcher_pid=parent,
+                hosts_store=rt.hosts_store,
             )
             rt.watchdog.start()
+        if env.world_size > 1:
             rt.previous_excepthook = sys.excepthook
             sys.excepthook = _excepthook
         _runtime = rt
@@ -465,7 +487,7 @@ def finalize() -> None:
             dist.destroy_process_group()
         _runtime = None
         rt.cpu_group = None
-        # Stores last: the group must be gone before its store (PLATFORM_NOTES.md).
+        # Stores last: the group must be gone before its store (docs/internals.md).
         rt.watch_store = rt.keys = rt.store = rt.base_store = None  # type: ignore[assignment]
 
 

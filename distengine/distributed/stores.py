@@ -30,7 +30,7 @@ def connect_store(env: LauncherEnv, timeout: timedelta) -> tuple[dist.Store, dis
     if env.hosted_store:
         # Under torchrun's agent the store outlives attempts; a restarted attempt must not
         # read the dead attempt's peer addresses, so each attempt gets its own prefix
-        # (PLATFORM_NOTES.md: torchrun restarts with gloo).
+        # (docs/internals.md, "Platform facts": torchrun restarts with gloo).
         base = dist.TCPStore(
             env.master_addr, env.master_port, None, is_master=False, timeout=timeout
         )

@@ -103,6 +103,16 @@ class Engine(EventRegistry):
         self._preempt_signal: int | None = None
         self._preempt_bit = _NONE  # set by the signal handler; only cleared when acted upon
         self._rng_restored = False  # this run started from loaded RNG states
+        idist.register_status_provider(self._status)  # weakly: for hang reports
+
+    def _status(self) -> dict[str, Any]:
+        """Where this engine is (read by the hang watchdog's thread)."""
+        ev, s = self.last_event_name, self.state
+        if ev is None:
+            return {}
+        name = getattr(self._process_function, "__name__", type(self).__name__)
+        ev = getattr(ev, "name", ev)
+        return {"engine": name, "epoch": s.epoch, "iteration": s.iteration, "last_event": ev}
 
     @property
     def state(self) -> State:

@@ -13,11 +13,12 @@ process with that status for the scheduler to requeue.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from distengine.distributed.env import preempt_exit_from_env
 
 __all__ = [
     "PREEMPT_EXIT_CODE",
@@ -27,7 +28,7 @@ __all__ = [
     "ignore_preemption_signals",
 ]
 
-PREEMPT_EXIT_CODE = int(os.environ.get("DISTENGINE_PREEMPT_EXIT", "75"))
+PREEMPT_EXIT_CODE = preempt_exit_from_env()  # DISTENGINE_PREEMPT_EXIT, checked: 1..255
 PREEMPT_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
 )

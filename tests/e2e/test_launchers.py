@@ -248,3 +248,103 @@ def test_slurm_does_not_requeue_a_failed_job(launch, tmp_path):
     assert _records(out)[0]["signal"] is None
     assert status not in (0, 75), job.output()[-4000:]
     assert not any(call.startswith("requeue") for call in _slurm_calls(tmp_path))
+
+
+def test_node_sh_passes_a_pod_sigterm_on_and_exits_with_the_preemption_status(launch, tmp_path):
+    """What a Kubeflow pod does on eviction: SIGTERM to the container's first process only.
+
+    torchrun takes its settings from PET_* variables (as the operator sets them); node.sh
+    passes the signal to torchrun, the workers exit with DISTENGINE_PREEMPT_EXIT=143, and
+    node.sh, not torchrun (which exits 1), gives the container that status.
+    """
+    out = tmp_path / "out"
+    out.mkdir()
+    job = launch(
+        [
+            "bash",
+            str(LAUNCHERS / "node.sh"),
+            "torchrun",
+            str(PROBE),
+            "--out",
+            str(out),
+            "--wait-signal",
+            "60",
+        ],
+        name="node",
+        PET_STANDALONE="1",
+        PET_NPROC_PER_NODE="2",
+        PET_MAX_RESTARTS="0",
+        DISTENGINE_PREEMPT_EXIT="143",
+        PYTHON=sys.executable,
+    )
+    _wait_for_files([out / "rank0.json", out / "rank1.json"], job)
+    job.proc.send_signal(signal.SIGTERM)  # to node.sh alone, as the kubelet does to PID 1
+    status = job.wait()
+    records = _records(out)
+    _check_ranks(records, world_size=2)
+    assert {r["signal"] for r in records.values()} == {"SIGTERM"}, job.output()[-4000:]
+    assert status == 143, job.output()[-4000:]
+
+
+def test_node_sh_reports_a_failure_as_a_failure(launch, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    job = launch(
+        [
+            "bash",
+            str(LAUNCHERS / "node.sh"),
+            "torchrun",
+            str(PROBE),
+            "--out",
+            str(out),
+            "--exit-code",
+            "3",
+        ],
+        name="node",
+        PET_STANDALONE="1",
+        PET_NPROC_PER_NODE="1",
+        PET_MAX_RESTARTS="0",
+        DISTENGINE_PREEMPT_EXIT="143",
+        PYTHON=sys.executable,
+    )
+    assert job.wait() == 1, job.output()[-4000:]  # torchrun's status: a permanent failure
+    assert _records(out)[0]["signal"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["2", "1"], dict(RDZV_ENDPOINT="127.0.0.1:29400"), "MIN:MAX must be"),
+        (["3:2", "1"], dict(RDZV_ENDPOINT="127.0.0.1:29400"), "MIN:MAX must be"),
+        (["0:2", "1"], dict(RDZV_ENDPOINT="127.0.0.1:29400"), "MIN:MAX must be"),
+        (["1:2", "0"], dict(RDZV_ENDPOINT="127.0.0.1:29400"), "NPROC must be >= 1"),
+        (["1:2", "x"], dict(RDZV_ENDPOINT="127.0.0.1:29400"), "NPROC must be"),
+        (["1:2", "1"], {}, "needs RDZV_ENDPOINT"),
+        (["1:2", "1"], dict(RDZV_ENDPOINT="node0"), "host:port"),
+        (["1:2", "1"], dict(RDZV_ENDPOINT="node0:1", RDZV_IS_HOST="yes"), "RDZV_IS_HOST"),
+        (["1:2", "1"], dict(RDZV_ENDPOINT="node0:1", RDZV_LAST_CALL="soon"), "RDZV_LAST_CALL"),
+    ],
+)
+def test_elastic_refuses_bad_settings(launch, args, env, message):
+    job = launch(["bash", str(LAUNCHERS / "elastic.sh"), *args, str(PROBE)], **env)
+    assert job.wait(timeout=30) == 2
+    assert message in job.output()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["torchrun"], {}, "usage"),
+        (["mpirun", str(PROBE)], {}, "MODE must be"),
+        (["elastic", str(PROBE)], {}, "NNODES=MIN:MAX"),
+        (
+            ["torchrun", str(PROBE)],
+            dict(DISTENGINE_FORWARD_SIGNALS="maybe"),
+            "DISTENGINE_FORWARD_SIGNALS",
+        ),
+    ],
+)
+def test_node_sh_refuses_bad_settings(launch, args, env, message):
+    job = launch(["bash", str(LAUNCHERS / "node.sh"), *args], **env)
+    assert job.wait(timeout=30) == 2
+    assert message in job.output()
