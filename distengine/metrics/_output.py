@@ -85,14 +85,17 @@ def drop_padding(output: Any, padding: int) -> tuple[Any, bool]:
     ``output`` is one tensor, or a tuple/list whose tensor and list items have one row per
     sample (``(y_pred, y)``, ``([y_pred_1, ...], [y_1, ...])``). Numbers, 0-dim tensors and
     other items (e.g. the keyword arguments of a loss) are kept as they are. Returns the
-    trimmed output and whether no row is left (the batch held only padding).
+    trimmed output and whether no row is left (the batch held only padding). An output
+    without rows (a loss, a number) counts as empty: the engine pads only a rank's whole
+    batch, so such a value was computed from padding alone.
     """
     if isinstance(output, (tuple, list)):
         dropped = [_drop(item, padding) for item in output]
-        empty = any(_rows(item) == 0 for item in dropped)
+        rows = [_rows(item) for item in dropped]
+        empty = any(r == 0 for r in rows) or all(r is None for r in rows)
         return (tuple(dropped) if isinstance(output, tuple) else dropped), empty
     dropped = _drop(output, padding)
-    return dropped, _rows(dropped) == 0
+    return dropped, _rows(dropped) in (0, None)
 
 
 def _is_list_of_tensors_or_numbers(x: Any) -> bool:

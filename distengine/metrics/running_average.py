@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from distengine.metrics._output import select_required
+from distengine.metrics._output import drop_padding, select_required
 from distengine.metrics.metric import Metric, NotComputableError
 from distengine.metrics.usage import (
     MetricUsage,
@@ -155,11 +155,17 @@ class RunningAverage(Metric):
     @torch.no_grad()
     def iteration_completed(self, engine: Any) -> None:
         """Folds in ``src``'s current value (``src`` is updated by its own handler, as in
-        Ignite) or the transformed engine output."""
+        Ignite) or the transformed engine output (padding dropped)."""
         if self.src is not None:
             self.update()
-        else:
-            self.update(select_required(self._output_transform(engine.state.output), self))
+            return
+        output = select_required(self._output_transform(engine.state.output), self)
+        padding = getattr(engine.state, "batch_padding", 0) or 0
+        if padding:  # a padding batch's value (e.g. its loss) is not averaged in
+            output, empty = drop_padding(output, padding)
+            if empty:
+                return
+        self.update(output)
 
     def _update_children(self) -> list[Metric]:
         return [] if self.src is None else [self.src]

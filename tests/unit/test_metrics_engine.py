@@ -265,3 +265,26 @@ def test_mid_epoch_resume_gives_the_uninterrupted_epoch_metrics(stop_at):
     assert (
         control_log[0]["acc"] != full_log[1]["acc"] or control_log[0]["loss"] != full_log[1]["loss"]
     )
+
+
+def test_a_per_batch_value_from_a_padding_batch_is_not_averaged():
+    """A rank whose batch is a padding row computes its loss from padding alone: metrics of
+    such per-batch values (a 0-d loss) skip that batch instead of averaging it in."""
+    from distengine.data import ResumableDistributedSampler
+    from distengine.metrics import RunningAverage
+
+    # rank 1 of 2 over 10 samples, global batch 4: its third batch is one padding row
+    sampler = ResumableDistributedSampler(10, 4, num_replicas=2, rank=1, shuffle=False)
+    loader = torch.utils.data.DataLoader(
+        torch.arange(10.0), batch_size=sampler.loader_batch_size, sampler=sampler
+    )
+    seen = []
+    eng = Engine(lambda e, b: torch.tensor(100.0) if e.state.batch_padding else b.mean())
+    RunningAverage(output_transform=lambda x: x, alpha=0.5).attach(eng, "avg")
+    eng.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: seen.append((e.state.batch_padding, e.state.metrics.get("avg"))),
+    )
+    eng.run(loader, max_epochs=1)
+    assert [p for p, _ in seen] == [0, 0, 1]
+    assert seen[2][1] == seen[1][1]  # the padding batch's 100.0 was not folded in
