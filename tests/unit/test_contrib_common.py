@@ -401,3 +401,24 @@ def test_moved_contrib_submodules_import_with_a_deprecation_warning(module, name
     assert getattr(mod, name) is getattr(handlers, name)
     assert [w.category for w in caught] == [DeprecationWarning]
     assert f"{full} moved to distengine.handlers" in str(caught[0].message)
+
+
+def test_setup_logging_attaches_to_any_distengine_logger(tmp_path):
+    import csv
+
+    from distengine.handlers import CSVLogger
+    from distengine.handlers.logger_utils import setup_logging
+
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: e.state.metrics.update(loss=e.state.iteration / 10)
+    )
+    path = tmp_path / "log.csv"
+    logger = setup_logging(CSVLogger(str(path)), trainer, log_every_iters=None)
+    trainer.run([0, 1, 2], max_epochs=1)
+    logger.close()
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["training/loss"]) for r in rows] == [0.1, 0.2, 0.3]  # every iteration
+    with pytest.raises(TypeError, match="logger should be a BaseLogger"):
+        setup_logging(object(), trainer)
