@@ -11,6 +11,7 @@ from distengine.engine.events import (
 )
 from distengine.engine.state import State
 from distengine.engine.supervised import (
+    _check_arg,  # noqa: F401  (private: Ignite's tests import it from here)
     create_supervised_evaluator,
     create_supervised_trainer,
     supervised_evaluation_step,

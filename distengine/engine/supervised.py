@@ -77,6 +77,35 @@ def _make_scaler(scaler: bool | Any, device: Any) -> Any | None:
     return scaler
 
 
+def _check_arg(
+    on_tpu: bool, on_mps: bool, amp_mode: str | None, scaler: bool | Any, device: Any = None
+) -> tuple[str | None, Any | None]:
+    """Checks the device/AMP/scaler combination; returns ``(amp_mode, GradScaler or None)``.
+
+    Ignite's private helper of the same name and arguments (its tests call it); ``True``
+    as ``scaler`` becomes a ``torch.amp.GradScaler`` for ``device``'s type (CUDA when
+    ``device`` is None).
+
+    Raises:
+        ValueError: AMP on an MPS device, an ``amp_mode`` other than None or ``"amp"``,
+            or a ``scaler`` without ``amp_mode="amp"``.
+        RuntimeError: ``on_tpu`` (distengine has no XLA support).
+
+    Example:
+        >>> _check_arg(False, False, None, False)
+        (None, None)
+    """
+    if on_mps and amp_mode:
+        raise ValueError(f"amp_mode cannot be used on an MPS device, got amp_mode={amp_mode!r}")
+    if on_tpu:
+        raise RuntimeError("XLA (TPU) devices are not supported: distengine has no XLA support")
+    if amp_mode not in (None, "amp"):
+        raise ValueError(f"amp_mode must be None or 'amp', got {amp_mode!r}")
+    if scaler not in (False, None) and amp_mode != "amp":
+        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
+    return amp_mode, _make_scaler(scaler, device)
+
+
 def _check_accumulation(steps: object) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(
@@ -286,9 +315,8 @@ def create_supervised_trainer(
         >>> trainer.run(data, max_epochs=2).iteration
         6
     """
-    if scaler not in (False, None) and amp_mode != "amp":
-        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
-    grad_scaler = _make_scaler(scaler, device)
+    on_mps = device is not None and torch.device(device).type == "mps"
+    amp_mode, grad_scaler = _check_arg(False, on_mps, amp_mode, scaler, device)
     step = _training_step(
         model,
         optimizer,
