@@ -18,6 +18,8 @@ from distengine.engine.supervised import (
     supervised_evaluation_step_amp,
     supervised_training_step,
     supervised_training_step_amp,
+    supervised_training_step_apex,
+    supervised_training_step_tpu,
 )
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "supervised_evaluation_step_amp",
     "supervised_training_step",
     "supervised_training_step_amp",
+    "supervised_training_step_apex",
+    "supervised_training_step_tpu",
 ]

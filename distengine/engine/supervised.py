@@ -241,6 +241,44 @@ def supervised_training_step(
     )
 
 
+def supervised_training_step_tpu(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
+    """Ignite's process-function factory for XLA (TPU) devices, which distengine does not
+    support (``idist.has_xla_support`` is ``False``).
+
+    Raises:
+        RuntimeError: always, naming the supported alternatives.
+
+    Example:
+        >>> supervised_training_step_tpu(model, opt, loss_fn, "xla")  # doctest: +SKIP
+        Traceback (most recent call last):
+        RuntimeError: ...
+    """
+    raise RuntimeError(
+        "supervised_training_step_tpu: distengine does not support XLA (TPU) devices; "
+        "train on CUDA or CPU with supervised_training_step or create_supervised_trainer"
+    )
+
+
+def supervised_training_step_apex(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
+    """Ignite's process-function factory for NVIDIA apex AMP, which distengine does not
+    support: mixed precision is ``torch.autocast`` (:func:`supervised_training_step_amp`,
+    ``create_supervised_trainer(..., amp_mode="amp")``).
+
+    Raises:
+        RuntimeError: always, naming the alternative.
+
+    Example:
+        >>> supervised_training_step_apex(model, opt, loss_fn, "cuda")  # doctest: +SKIP
+        Traceback (most recent call last):
+        RuntimeError: ...
+    """
+    raise RuntimeError(
+        "supervised_training_step_apex: NVIDIA apex AMP is not supported; use "
+        "supervised_training_step_amp or create_supervised_trainer(..., amp_mode='amp') "
+        "(torch.autocast)"
+    )
+
+
 def supervised_training_step_amp(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -315,8 +353,10 @@ def create_supervised_trainer(
         >>> trainer.run(data, max_epochs=2).iteration
         6
     """
-    on_mps = device is not None and torch.device(device).type == "mps"
-    amp_mode, grad_scaler = _check_arg(False, on_mps, amp_mode, scaler, device)
+    device_type = str(device).split(":")[0] if device is not None else None
+    amp_mode, grad_scaler = _check_arg(
+        device_type == "xla", device_type == "mps", amp_mode, scaler, device
+    )
     step = _training_step(
         model,
         optimizer,

@@ -130,3 +130,20 @@ def test_check_arg_is_ignites_private_helper_used_by_the_trainer():
         create_supervised_trainer(
             model, opt, torch.nn.functional.mse_loss, device="mps", amp_mode="amp"
         )
+    with pytest.raises(RuntimeError, match="XLA"):
+        create_supervised_trainer(model, opt, torch.nn.functional.mse_loss, device="xla:0")
+
+
+def test_tpu_and_apex_step_factories_say_they_are_not_supported():
+    import torch
+
+    from distengine.engine import supervised_training_step_apex, supervised_training_step_tpu
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="does not support XLA"):
+        supervised_training_step_tpu(model, opt, torch.nn.functional.mse_loss, "xla")
+    with pytest.raises(
+        RuntimeError, match="apex AMP is not supported; use supervised_training_step_amp"
+    ):
+        supervised_training_step_apex(model, opt, torch.nn.functional.mse_loss, "cuda")
