@@ -76,6 +76,26 @@ def apply_to_tensor(x: Any, func: Callable[[torch.Tensor], Any]) -> Any:
     return apply_to_type(x, torch.Tensor, func)
 
 
+def _tree_map(func: Callable[..., Any], x: Any, key: int | str | None = None) -> Any:
+    """Calls ``func(leaf, key=key)`` on every leaf of nested mappings and sequences and
+    rebuilds the containers around the results (named tuples included); ``key`` is the
+    leaf's key or index in its container (``None`` at the top and in named tuples).
+
+    Private: Ignite's own tests import it from ``ignite.utils``. Strings are leaves.
+
+    Example:
+        >>> _tree_map(lambda v, key: (key, v), {"a": [1, 2]})
+        {'a': [(0, 1), (1, 2)]}
+    """
+    if isinstance(x, abc.Mapping):
+        return type(x)({k: _tree_map(func, v, key=k) for k, v in x.items()})
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_tree_map(func, v) for v in x))
+    if isinstance(x, abc.Sequence) and not isinstance(x, str | bytes):
+        return type(x)([_tree_map(func, v, key=i) for i, v in enumerate(x)])
+    return func(x, key=key)
+
+
 def convert_tensor(
     x: Any, device: str | torch.device | None = None, non_blocking: bool = False
 ) -> Any:

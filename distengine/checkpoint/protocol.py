@@ -5,7 +5,8 @@ has the reasoning):
 
 1. **handshake**: all ranks entered the same save (a store-based check that fails in
    bounded time instead of hanging a lone rank);
-2. **prepare**: the first save into a directory checks that every rank sees it;
+2. **prepare**: the first save of a handler checks that every rank sees the writing rank's
+   directory;
 3. **plan** (writing rank): wait for the previous background write, bind the run, rebuild
    retention from storage if unknown, score, name, decide what retention drops;
 4. **broadcast** the plan; every rank raises the same error if there is one;
@@ -64,9 +65,12 @@ class DirectoryTarget:
         self.writer = writer
         self.handler = handler
         self.ledger = SessionLedger()
+        self.shared_checked = False
 
-    def prepare(self) -> None:
-        ensure_shared(self.writer.storage)  # once per directory: all ranks see it
+    def prepare(self, writer_rank: int) -> None:
+        if not self.shared_checked:  # once per handler (the same on every rank)
+            ensure_shared(self.writer.storage, src=writer_rank)  # all ranks see it
+            self.shared_checked = True
 
     def rebuild(self, identity: Identity) -> tuple[list[Item], tuple]:
         owned = self.writer.owned(identity, self.ledger.manifest_cache)
@@ -89,7 +93,7 @@ class CallableTarget:
         self.handler = handler
         self.takes_metadata = _takes_metadata(handler)
 
-    def prepare(self) -> None:
+    def prepare(self, writer_rank: int) -> None:
         pass
 
     def rebuild(self, identity: Identity) -> None:
@@ -188,7 +192,7 @@ class CollectiveSave:
         """
         cfg = self.config
         handshake("save")
-        self.target.prepare()
+        self.target.prepare(cfg.save_on_rank)
         is_writer = idist.get_rank() == cfg.save_on_rank
         plan, cause = self._plan(engine, to_save, trainer) if is_writer else (None, None)
         plan = broadcast_from(plan, src=cfg.save_on_rank)

@@ -1,16 +1,17 @@
 """Contract 1: checkpoint storage must be readable by every rank (every node).
 
 A directory on a node-local disk (or a per-process ``memory://``) silently breaks a
-multi-node job: rank 0 writes checkpoints that the other nodes never see, and a restart
-resumes them from different places. So, once per directory and process, the first
-checkpoint operation checks it: rank 0 writes a small probe file, every rank looks for it,
-and a rank that cannot see it makes every rank raise a clear error.
+multi-node job: the writing rank writes checkpoints that the other nodes never see, and a
+restart resumes them from different places. So the first save of each checkpoint handler
+checks it: the writing rank writes a small probe file, every rank looks for it, and a rank
+that cannot see it makes every rank raise a clear error.
 """
 
 from __future__ import annotations
 
 import socket
 import uuid
+import warnings
 
 from distengine import distributed as idist
 from distengine.checkpoint.collective import broadcast_from, gather_to_all
@@ -19,23 +20,26 @@ from distengine.checkpoint.storage import Storage
 
 __all__ = ["ensure_shared"]
 
-_checked: set[tuple[str, str]] = set()
 
+def ensure_shared(storage: Storage, create: bool = True, src: int = 0) -> None:
+    """Raises :class:`CheckpointError` on every rank unless every rank sees the directory
+    rank ``src`` (the writing rank) writes to.
 
-def ensure_shared(storage: Storage, create: bool = True) -> None:
-    """Raises :class:`CheckpointError` on every rank unless every rank sees ``storage``.
-
-    A collective at world size > 1 (the first time per directory); free afterwards and at
-    world size 1.
+    A collective at world size > 1 (free at world size 1): call it on every rank, once per
+    checkpoint handler (:class:`~distengine.checkpoint.protocol.DirectoryTarget` does, at
+    its first save). The writing rank's directory is the one checked: a rank whose own
+    save handler names another directory (Ignite's examples give rank 0 alone a
+    per-run sub-folder) checks the writer's directory with its own storage options, and
+    warns that checkpoints go there.
 
     Example:
         >>> ensure_shared(Storage("memory://doc-shared"))  # one process: nothing to check
     """
-    key = (storage.protocol, storage.url)
-    if idist.get_world_size() == 1 or key in _checked:
+    if idist.get_world_size() == 1:
         return
     probe, problem = None, None
-    if idist.get_rank() == 0:
+    rank = idist.get_rank()
+    if rank == src:
         probe = f".distengine-shared-{uuid.uuid4().hex}"
         try:
             storage.ensure_dir(create=create)
@@ -43,24 +47,39 @@ def ensure_shared(storage: Storage, create: bool = True) -> None:
             storage.write_marker(probe, b"distengine shared-storage probe\n")
         except Exception as e:
             problem = (
-                f"rank 0 cannot write a probe file to {storage.url!r}: {type(e).__name__}: {e}"
+                f"rank {src} cannot write a probe file to {storage.url!r}: {type(e).__name__}: {e}"
             )
-    probe, problem = broadcast_from((probe, problem), src=0)
+    probe, problem, written = broadcast_from(
+        (probe, problem, (storage.protocol, storage.url)), src=src
+    )
     if problem is not None:
         raise CheckpointError(problem)
+    target = storage
+    if (storage.protocol, storage.url) != written:
+        warnings.warn(
+            f"This rank's checkpoint directory {storage.url!r} differs from {written[1]!r}, "
+            f"where rank {src} writes the checkpoints (the directory of the writing rank is "
+            "the one used)",
+            UserWarning,
+            stacklevel=4,
+        )
+        try:
+            target = Storage(written[1], io_timeout=storage.io_timeout, **storage.storage_options)
+        except Exception:
+            target = None
     try:
-        seen = storage.exists(probe)
+        seen = target is not None and target.exists(probe)
     except Exception:
         seen = False
     views = gather_to_all((seen, socket.gethostname()))
-    if idist.get_rank() == 0:
+    if rank == src:
         storage.remove(probe)
-    blind = [(rank, host) for rank, (ok, host) in enumerate(views) if not ok]
+    blind = [(r, host) for r, (ok, host) in enumerate(views) if not ok]
     if blind:
         where = ", ".join(f"rank {r} on {h}" for r, h in blind)
         raise CheckpointError(
-            f"Checkpoint storage {storage.url!r} is not shared by all ranks: {where} cannot see "
-            "a file rank 0 just wrote there. Multi-node runs need storage every node can read: "
-            "a shared file system or object storage (e.g. s3://), not a node-local disk or memory://"
+            f"Checkpoint storage {written[1]!r} is not shared by all ranks: {where} cannot see "
+            f"a file rank {src} just wrote there. Multi-node runs need storage every node can "
+            "read: a shared file system or object storage (e.g. s3://), not a node-local disk "
+            "or memory://"
         )
-    _checked.add(key)

@@ -11,12 +11,15 @@ from distengine.engine.events import (
 )
 from distengine.engine.state import State
 from distengine.engine.supervised import (
+    _check_arg,  # noqa: F401  (private: Ignite's tests import it from here)
     create_supervised_evaluator,
     create_supervised_trainer,
     supervised_evaluation_step,
     supervised_evaluation_step_amp,
     supervised_training_step,
     supervised_training_step_amp,
+    supervised_training_step_apex,
+    supervised_training_step_tpu,
 )
 
 __all__ = [
@@ -34,4 +37,6 @@ __all__ = [
     "supervised_evaluation_step_amp",
     "supervised_training_step",
     "supervised_training_step_amp",
+    "supervised_training_step_apex",
+    "supervised_training_step_tpu",
 ]

@@ -253,6 +253,12 @@ class DataPass:
             return iter(data)
         if isinstance(data, Sequence):
             return (data[i] for i in range(skip_batches, len(data)))
+        if not new_pass and self.length and skip_batches >= self.length:
+            # saved at the end of a pass (a checkpoint on EPOCH_COMPLETED): no iterator for
+            # the finished pass, so nothing is fetched and the data draws nothing from the
+            # global RNG; the loop sees StopIteration at once and starts the next pass from
+            # the same RNG state as the uninterrupted run did
+            return iter(())
         warnings.warn(
             f"Resuming mid-pass without a ResumableDistributedSampler: fetching and dropping "
             f"{skip_batches} batches to reach the saved position (use auto_dataloader to skip "

@@ -77,6 +77,35 @@ def _make_scaler(scaler: bool | Any, device: Any) -> Any | None:
     return scaler
 
 
+def _check_arg(
+    on_tpu: bool, on_mps: bool, amp_mode: str | None, scaler: bool | Any, device: Any = None
+) -> tuple[str | None, Any | None]:
+    """Checks the device/AMP/scaler combination; returns ``(amp_mode, GradScaler or None)``.
+
+    Ignite's private helper of the same name and arguments (its tests call it); ``True``
+    as ``scaler`` becomes a ``torch.amp.GradScaler`` for ``device``'s type (CUDA when
+    ``device`` is None).
+
+    Raises:
+        ValueError: AMP on an MPS device, an ``amp_mode`` other than None or ``"amp"``,
+            or a ``scaler`` without ``amp_mode="amp"``.
+        RuntimeError: ``on_tpu`` (distengine has no XLA support).
+
+    Example:
+        >>> _check_arg(False, False, None, False)
+        (None, None)
+    """
+    if on_mps and amp_mode:
+        raise ValueError(f"amp_mode cannot be used on an MPS device, got amp_mode={amp_mode!r}")
+    if on_tpu:
+        raise RuntimeError("XLA (TPU) devices are not supported: distengine has no XLA support")
+    if amp_mode not in (None, "amp"):
+        raise ValueError(f"amp_mode must be None or 'amp', got {amp_mode!r}")
+    if scaler not in (False, None) and amp_mode != "amp":
+        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
+    return amp_mode, _make_scaler(scaler, device)
+
+
 def _check_accumulation(steps: object) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(
@@ -212,6 +241,44 @@ def supervised_training_step(
     )
 
 
+def supervised_training_step_tpu(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
+    """Ignite's process-function factory for XLA (TPU) devices, which distengine does not
+    support (``idist.has_xla_support`` is ``False``).
+
+    Raises:
+        RuntimeError: always, naming the supported alternatives.
+
+    Example:
+        >>> supervised_training_step_tpu(model, opt, loss_fn, "xla")  # doctest: +SKIP
+        Traceback (most recent call last):
+        RuntimeError: ...
+    """
+    raise RuntimeError(
+        "supervised_training_step_tpu: distengine does not support XLA (TPU) devices; "
+        "train on CUDA or CPU with supervised_training_step or create_supervised_trainer"
+    )
+
+
+def supervised_training_step_apex(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
+    """Ignite's process-function factory for NVIDIA apex AMP, which distengine does not
+    support: mixed precision is ``torch.autocast`` (:func:`supervised_training_step_amp`,
+    ``create_supervised_trainer(..., amp_mode="amp")``).
+
+    Raises:
+        RuntimeError: always, naming the alternative.
+
+    Example:
+        >>> supervised_training_step_apex(model, opt, loss_fn, "cuda")  # doctest: +SKIP
+        Traceback (most recent call last):
+        RuntimeError: ...
+    """
+    raise RuntimeError(
+        "supervised_training_step_apex: NVIDIA apex AMP is not supported; use "
+        "supervised_training_step_amp or create_supervised_trainer(..., amp_mode='amp') "
+        "(torch.autocast)"
+    )
+
+
 def supervised_training_step_amp(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -286,9 +353,10 @@ def create_supervised_trainer(
         >>> trainer.run(data, max_epochs=2).iteration
         6
     """
-    if scaler not in (False, None) and amp_mode != "amp":
-        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
-    grad_scaler = _make_scaler(scaler, device)
+    device_type = str(device).split(":")[0] if device is not None else None
+    amp_mode, grad_scaler = _check_arg(
+        device_type == "xla", device_type == "mps", amp_mode, scaler, device
+    )
     step = _training_step(
         model,
         optimizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from distengine.handlers.scalar_logger import (
@@ -42,7 +43,7 @@ class TensorBoardLogger(ScalarLogger):
     use it as a context manager) to flush the event file.
 
     Args:
-        log_dir: folder of the event files.
+        log_dir: folder of the event files (a ``str`` or a path object).
         **writer_kwargs: passed to ``SummaryWriter`` (e.g. ``flush_secs``, ``filename_suffix``).
 
     Raises:
@@ -60,11 +61,11 @@ class TensorBoardLogger(ScalarLogger):
         ...     trainer.run(loader, max_epochs=5)
     """
 
-    def __init__(self, log_dir: str, **writer_kwargs: Any) -> None:
-        if not isinstance(log_dir, str) or not log_dir:
-            raise TypeError(f"log_dir should be a non-empty str, got {log_dir!r}")
+    def __init__(self, log_dir: str | os.PathLike, **writer_kwargs: Any) -> None:
+        if not isinstance(log_dir, str | os.PathLike) or not os.fspath(log_dir):
+            raise TypeError(f"log_dir should be a non-empty str or path, got {log_dir!r}")
         self._writer_class = _summary_writer_class()
-        self.log_dir = log_dir
+        self.log_dir = os.fspath(log_dir)
         self._writer_kwargs = writer_kwargs
         self.writer: Any = None
 

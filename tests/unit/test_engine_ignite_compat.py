@@ -98,3 +98,52 @@ def test_state_repr_is_ignites():
     text = repr(State(iteration=3, custom="x"))
     assert text.startswith("State:\n") and "\titeration: 3\n" in text and "\tcustom: x\n" in text
     assert "\tmetrics: <class 'dict'>\n" in text
+
+
+def test_check_arg_is_ignites_private_helper_used_by_the_trainer():
+    """Ignite's tests import ``_check_arg`` from the engine package; the trainer uses it."""
+    import torch
+
+    from distengine.engine import _check_arg, create_supervised_trainer
+
+    assert _check_arg(False, False, None, False) == (None, None)
+    mode, scaler = _check_arg(False, False, "amp", True, "cpu")
+    assert mode == "amp" and isinstance(scaler, torch.amp.GradScaler)
+    given = torch.amp.GradScaler("cpu")
+    assert _check_arg(False, False, "amp", given) == ("amp", given)
+    with pytest.raises(ValueError, match="MPS device"):
+        _check_arg(False, True, "amp", False)
+    with pytest.raises(RuntimeError, match="no XLA support"):
+        _check_arg(True, False, None, False)
+    with pytest.raises(ValueError, match="amp_mode must be None or 'amp', got 'apex'"):
+        _check_arg(False, False, "apex", False)
+    with pytest.raises(ValueError, match="scaler needs amp_mode='amp', got amp_mode=None"):
+        _check_arg(False, False, None, True)
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_supervised_trainer(
+        model, opt, torch.nn.functional.mse_loss, device="cpu", amp_mode="amp", scaler=True
+    )
+    assert isinstance(trainer.state.scaler, torch.amp.GradScaler)
+    with pytest.raises(ValueError, match="MPS device"):
+        create_supervised_trainer(
+            model, opt, torch.nn.functional.mse_loss, device="mps", amp_mode="amp"
+        )
+    with pytest.raises(RuntimeError, match="XLA"):
+        create_supervised_trainer(model, opt, torch.nn.functional.mse_loss, device="xla:0")
+
+
+def test_tpu_and_apex_step_factories_say_they_are_not_supported():
+    import torch
+
+    from distengine.engine import supervised_training_step_apex, supervised_training_step_tpu
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="does not support XLA"):
+        supervised_training_step_tpu(model, opt, torch.nn.functional.mse_loss, "xla")
+    with pytest.raises(
+        RuntimeError, match="apex AMP is not supported; use supervised_training_step_amp"
+    ):
+        supervised_training_step_apex(model, opt, torch.nn.functional.mse_loss, "cuda")

@@ -91,3 +91,21 @@ def test_hash_checkpoint_copies_under_the_hashed_name(tmp_path):
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
     with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
         hash_checkpoint(tmp_path / "missing.pt", tmp_path)
+
+
+def test_tree_map_is_ignites_private_helper():
+    """Ignite's tests import ``_tree_map`` from ``ignite.utils``."""
+    import collections
+
+    from distengine.utils import _tree_map
+
+    Pair = collections.namedtuple("Pair", "a b")
+    seen = []
+
+    def record(v, key):
+        seen.append((key, v))
+        return v * 10
+
+    out = _tree_map(record, {"x": [1, (2, 3)], "p": Pair(4, 5), "s": "ab"})
+    assert out == {"x": [10, (20, 30)], "p": Pair(40, 50), "s": "ab" * 10}
+    assert seen == [(0, 1), (0, 2), (1, 3), (None, 4), (None, 5), ("s", "ab")]
