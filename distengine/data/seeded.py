@@ -20,29 +20,51 @@ class SeededDataset(torch.utils.data.Dataset):
     ``(seed, data_pass, index)``.
 
     :class:`ResumableDistributedSampler` built with ``keyed=True`` (as ``auto_dataloader``
-    builds it) yields ``(seed, data_pass, index)`` keys. For each key this wrapper seeds
-    torch, ``random`` and numpy (if imported) from the key, reads ``dataset[index]`` and —
-    when it runs in the main process rather than in a DataLoader worker — restores the
-    previous generator states, so data loading never shifts the trainer's RNG. A plain
-    integer key reads the sample with ``(seed, 0, index)``.
+    builds it) yields ``(seed, data_pass, index)`` keys. Before ``dataset[index]`` is read,
+    each global generator that reading draws from (torch's CPU generator, ``random``, and
+    numpy's legacy one when numpy is imported) is seeded from the key; in the main process
+    (not in a DataLoader worker) the generators are then given back their previous states,
+    so loading data never shifts the trainer's RNG. A plain integer key reads the sample
+    with ``(seed, 0, index)``.
+
+    Seeding costs microseconds per generator and sample, so by default (``lazy=True``) a
+    generator is seeded only once reading has been seen to draw from it: a batch is read
+    with the generators not yet seen drawn from left as they are, and their complete
+    states (the cached Gaussians of numpy and ``random`` included) are compared before and
+    after. If one changed, the batch is read again with that generator seeded before each
+    sample, as it is from then on in this process (:attr:`drawn`). So every sample's
+    randomness is the same function of its key either way, and a dataset that draws from
+    no generator pays for no seeding. The one draw that comparison cannot see is one whose
+    generator state is put back inside ``__getitem__`` (a ``torch.random.fork_rng()`` block
+    that draws without seeding): wrap such a dataset with ``lazy=False``, which seeds every
+    generator before every sample.
 
     Args:
         dataset: a map-style dataset (``__getitem__`` and ``__len__``).
         seed: the seed used for plain integer keys.
+        lazy: seed a generator only once reading has been seen to draw from it (the batch
+            in which that is first seen is read twice); ``False``: seed all of them before
+            every sample.
 
     Example:
         >>> ds = SeededDataset(my_dataset)  # doctest: +SKIP
         >>> ds[(7, 0, 3)]  # sample 3 of pass 0 of a run seeded with 7  # doctest: +SKIP
     """
 
-    def __init__(self, dataset: Any, seed: int = 0):
+    def __init__(self, dataset: Any, seed: int = 0, lazy: bool = True):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(
                 f"SeededDataset needs a map-style dataset with __getitem__ and __len__, "
                 f"got {type(dataset).__name__}"
             )
+        if not isinstance(lazy, bool):
+            raise TypeError(f"lazy must be a bool, got {type(lazy).__name__}")
         self.dataset = dataset
         self.seed = int(seed)
+        self.lazy = lazy
+        #: names of the generators (``"torch"``, ``"random"``, ``"numpy"``) seen drawn from
+        #: while reading in this process: seeded before every sample
+        self.drawn: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -51,29 +73,51 @@ class SeededDataset(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: list[Any]) -> list[Any]:
-        """A batch of samples (what DataLoader's fetcher calls): each sample is seeded from
-        its own key; the main process saves and restores the global generators once per
-        batch, not once per sample."""
-        if torch.utils.data.get_worker_info() is not None:
-            return [self._seeded_read(key) for key in keys]
-        saved = _save_all()
+        """A batch of samples (what DataLoader's fetcher calls), each seeded from its own key;
+        generator states are saved and compared once per batch, not once per sample."""
+        in_worker = torch.utils.data.get_worker_info() is not None
+        gens = _GENERATORS
+        seeded = [g for g in gens if not self.lazy or g.name in self.drawn]
+        watched = [g for g in gens if g not in seeded]
+        # the main process gives its generators back; a worker's do not matter
+        saved = {g: g.save() for g in (watched if in_worker else gens)}
         try:
-            return [self._seeded_read(key) for key in keys]
+            while True:
+                samples = self._read(keys, seeded)
+                new = [g for g in watched if not g.same(saved[g])]
+                if not new:
+                    return samples
+                # Reading drew from a generator left as it was: these samples depend on its
+                # state. Read the batch again with that generator seeded per sample.
+                self.drawn.update(g.name for g in new)
+                seeded += new
+                watched = [g for g in watched if g not in new]
         finally:
-            _restore_all(saved)
+            if not in_worker:
+                for g in seeded:
+                    g.restore(saved[g])
 
-    def _seeded_read(self, key: Any) -> Any:
-        if isinstance(key, tuple):
-            seed, data_pass, index = key
-        else:
-            seed, data_pass, index = self.seed, 0, key
-        _seed_all(mix_seed(seed, data_pass, index))
-        return self.dataset[index]
+    def _read(self, keys: list[Any], seeded: list[_Generator]) -> list[Any]:
+        read = self.dataset.__getitem__
+        if not seeded:
+            return [read(k[2] if isinstance(k, tuple) else k) for k in keys]
+        seeders = [g.seed for g in seeded]
+        out = []
+        for key in keys:
+            if isinstance(key, tuple):
+                seed, data_pass, index = key
+            else:
+                seed, data_pass, index = self.seed, 0, key
+            s = mix_seed(seed, data_pass, index)
+            for seed_fn in seeders:
+                seed_fn(s)
+            out.append(read(index))
+        return out
 
     def __getattr__(self, name: str) -> Any:
         # Forward attributes (e.g. ``classes``) to the wrapped dataset; guard against
         # recursion while unpickling, before ``dataset`` exists.
-        if name == "dataset":
+        if name in ("dataset", "drawn", "lazy"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -81,13 +125,91 @@ class SeededDataset(torch.utils.data.Dataset):
         return f"SeededDataset({self.dataset!r})"
 
 
-def _seed_all(seed: int) -> None:
-    # Only the CPU generator: torch.manual_seed would also reseed CUDA (the trainer's dropout).
-    torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed(seed % (1 << 32))
+class _Generator:
+    """One global generator: seeded from a 63-bit seed; its complete state saved, compared
+    and restored."""
+
+    name = ""
+
+    def seed(self, seed: int) -> None:
+        raise NotImplementedError
+
+    def save(self) -> Any:
+        raise NotImplementedError
+
+    def same(self, saved: Any) -> bool:
+        raise NotImplementedError
+
+    def restore(self, saved: Any) -> None:
+        raise NotImplementedError
+
+
+class _Torch(_Generator):
+    """torch's default CPU generator (``torch.manual_seed`` would also reseed CUDA, whose
+    generator the trainer's dropout uses)."""
+
+    name = "torch"
+
+    def seed(self, seed: int) -> None:
+        torch.default_generator.manual_seed(seed)
+
+    def save(self) -> Any:
+        return torch.default_generator.get_state()
+
+    def same(self, saved: Any) -> bool:
+        return torch.equal(torch.default_generator.get_state(), saved)
+
+    def restore(self, saved: Any) -> None:
+        torch.default_generator.set_state(saved)
+
+
+class _Random(_Generator):
+    """Python's ``random`` (its state includes the cached Gaussian of ``random.gauss``)."""
+
+    name = "random"
+
+    def seed(self, seed: int) -> None:
+        random.seed(seed)
+
+    def save(self) -> Any:
+        return random.getstate()
+
+    def same(self, saved: Any) -> bool:
+        return random.getstate() == saved
+
+    def restore(self, saved: Any) -> None:
+        random.setstate(saved)
+
+
+class _Numpy(_Generator):
+    """numpy's legacy global ``RandomState``, if numpy is imported (a first import while
+    reading counts as a change: its state came from the OS)."""
+
+    name = "numpy"
+
+    def seed(self, seed: int) -> None:
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed(seed % (1 << 32))
+
+    def save(self) -> Any:
+        nps = _np_state()
+        return (nps, nps.save() if nps is not None else None)
+
+    def same(self, saved: Any) -> bool:
+        nps, state = saved
+        now = _np_state()
+        if nps is None or now is not nps:
+            return now is nps
+        return nps.same(state)
+
+    def restore(self, saved: Any) -> None:
+        nps, state = saved
+        if nps is not None and nps is _np_state():
+            nps.restore(state)
+
+
+_GENERATORS: tuple[_Generator, ...] = (_Torch(), _Random(), _Numpy())
 
 
 class _NumpyState:
@@ -127,6 +249,21 @@ class _NumpyState:
         ctypes.memmove(ctypes.addressof(buf) + self._MT_SIZE, self.aug_addr, self._AUG_SIZE)
         return buf
 
+    def same(self, saved: Any) -> bool:
+        """Whether the state (Gaussian cache included) is the one ``saved`` holds."""
+        if self.mt_addr is None:
+            now = self.np.random.get_state()
+            return (
+                now[0] == saved[0]
+                and bool((now[1] == saved[1]).all())
+                and tuple(now[2:]) == tuple(saved[2:])
+            )
+        return (
+            ctypes.string_at(self.mt_addr, self._MT_SIZE)
+            + ctypes.string_at(self.aug_addr, self._AUG_SIZE)
+            == saved.raw
+        )
+
     def restore(self, saved: Any) -> None:
         if self.mt_addr is None:
             self.np.random.set_state(saved)
@@ -165,16 +302,3 @@ def _np_state() -> _NumpyState | None:
     if _numpy_state is None or _numpy_state.np is not np:
         _numpy_state = _NumpyState(np)
     return _numpy_state
-
-
-def _save_all() -> tuple[Any, Any, Any]:
-    nps = _np_state()
-    return torch.get_rng_state(), random.getstate(), nps.save() if nps is not None else None
-
-
-def _restore_all(saved: tuple[Any, Any, Any]) -> None:
-    torch_state, py_state, np_state = saved
-    torch.set_rng_state(torch_state)
-    random.setstate(py_state)
-    if np_state is not None:
-        _np_state().restore(np_state)
