@@ -337,7 +337,9 @@ class Engine(EventRegistry):
         saved seed wins and a different one raises ``ValueError``.
 
         The loop, per epoch (at world size > 1 "act" means: agree with the other ranks in one
-        small collective, then act on every rank's requests at the same point)::
+        small collective, then act on every rank's requests at the same point; after
+        ``ITERATION_COMPLETED`` that collective is overlapped with the next iteration, see
+        the class docstring)::
 
             STARTED; act
             while not done:
@@ -348,7 +350,9 @@ class Engine(EventRegistry):
                     GET_BATCH_COMPLETED             #   next pass (new permutation)
                     ITERATION_STARTED               # iteration += 1
                     output = process_function(engine, batch)
-                    ITERATION_COMPLETED; act        # cursor += global batch; sync check
+                    ITERATION_COMPLETED; act        # cursor += global batch; sync check;
+                                                    # (world size > 1: the previous iteration's
+                                                    # requests; the last iteration: its own too)
                 EPOCH_COMPLETED; act
             COMPLETED
             # terminate -> TERMINATE, COMPLETED; terminate_epoch -> TERMINATE_SINGLE_EPOCH,
@@ -612,7 +616,19 @@ class Engine(EventRegistry):
                         # every rank ends the epoch at the same point, then the run
                         self._stop |= Stop.EXHAUSTED
                         if multi:
+                            # A rank with data left is running this iteration and agrees at
+                            # its end like every iteration: join that collective and, when
+                            # it is overlapped there, the one that rank reads it in.
+                            pending = self._pending
+                            overlapped = (
+                                overlap
+                                and counter + 1 != length
+                                and s.iteration + 1 != max_iters
+                                and (pending is None or not pending.wait())
+                            )
                             self._agree()
+                            if overlapped:
+                                self._agree()
                         yield from self._act()
                     # The pass ended inside the epoch (epoch_length > batches per pass, or a
                     # pass resumed at its end): start the next pass and fetch again; the

@@ -244,8 +244,8 @@ def test_different_epoch_lengths_rejected_on_every_rank():
     assert all(m is not None and "same number of iterations" in m for m in msgs), msgs
 
 
-def _exhausted_job(local_rank):
-    n = 3 if idist.get_rank() == 1 else 6  # rank 1's iterator runs dry first
+def _exhausted_job(local_rank, lengths):
+    n = lengths[idist.get_rank()]  # a rank whose iterator runs dry first
     seen = []
     eng = Engine(lambda e, b: b)
     eng.add_event_handler(Events.TERMINATE, lambda e: seen.append(("TERMINATE", e.state.epoch)))
@@ -258,8 +258,11 @@ def _exhausted_job(local_rank):
     return seen
 
 
-def test_exhausted_iterator_on_one_rank_ends_every_rank():
-    results = idist.spawn(_exhausted_job, 2)  # would hang without the agreed end of data
-    # both ranks end the epoch in which rank 1 ran dry, then the run (as Ignite ends a run
+# dry at an epoch's start (no agreement pending); mid-epoch, with the previous iteration's
+# agreement pending (overlapped); on every rank at the same fetch
+@pytest.mark.parametrize("lengths", [(6, 3), (6, 4), (4, 4)])
+def test_exhausted_iterator_on_one_rank_ends_every_rank(lengths):
+    results = idist.spawn(_exhausted_job, 2, args=(lengths,))  # would hang otherwise
+    # both ranks end the epoch in which a rank ran dry, then the run (as Ignite ends a run
     # whose data is exhausted: COMPLETED, no TERMINATE)
     assert results[0] == results[1] == [("COMPLETED", 2)]
