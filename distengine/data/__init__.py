@@ -1,4 +1,4 @@
-"""Resumable, sharded sampling and per-sample seeding (DESIGN.md contracts 2 and 3)."""
+"""Resumable, sharded sampling and per-sample seeding (see docs/internals.md, "Data pass, cursor and padding")."""
 
 from distengine.data.sampler import ResumableDistributedSampler
 from distengine.data.seeded import SeededDataset

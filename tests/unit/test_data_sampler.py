@@ -316,3 +316,19 @@ def test_eager_seeding_covers_draws_whose_state_is_put_back():
     assert ds.__getitems__([(0, 0, 1), (0, 0, 2)]) == a
     with pytest.raises(TypeError, match="lazy must be a bool, got int"):
         SeededDataset(Forked(), lazy=1)
+
+
+@pytest.mark.parametrize("uses", [("random",), ("numpy",), ("torch",)])
+def test_lazy_seeding_sees_a_draw_that_only_takes_a_cached_gaussian(uses):
+    """One Gaussian per sample, batches of one: with the caller holding a cached Gaussian,
+    the first read only takes that cached value (the generator's words do not move)."""
+    ds_eager = SeededDataset(_Draws(uses), lazy=False)
+    ds_lazy = SeededDataset(_Draws(uses))
+    one_by_one = [[(5, 1, i)] for i in range(3)]
+    _seed_caller(4)
+    if "torch" in uses:
+        torch.randn(1)  # torch caches no Gaussian for a single value; its state moves
+    expected = _batches(ds_eager, one_by_one)
+    _seed_caller(4)
+    assert _batches(ds_lazy, one_by_one) == expected
+    assert ds_lazy.drawn == set(uses)
