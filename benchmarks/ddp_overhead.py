@@ -74,9 +74,16 @@ def _data(n: int):
 
 
 class _Clock:
-    """Starts at the end of iteration ``WARMUP``; ``rate()`` in global samples/s."""
+    """Starts at the end of iteration ``WARMUP``; ``rate()`` in global samples/s.
 
-    def __init__(self) -> None:
+    ``rate`` also checks that the framework ran the job: 2 ranks (``world``) and one
+    iteration per global batch of every epoch.
+    """
+
+    def __init__(self, n: int, epochs: int, world: int) -> None:
+        if world != 2:
+            raise RuntimeError(f"the job runs on 2 ranks, this framework runs on {world}")
+        self.expected = -(-n // GLOBAL_BATCH) * epochs
         self.iterations = 0
         self.t0: float | None = None
 
@@ -86,7 +93,9 @@ class _Clock:
             self.t0 = time.perf_counter()
 
     def rate(self) -> float:
-        assert self.t0 is not None, "fewer iterations than the warm-up"
+        if self.iterations != self.expected:
+            raise RuntimeError(f"{self.iterations} iterations run, {self.expected} expected")
+        assert self.t0 is not None
         return (self.iterations - WARMUP) * GLOBAL_BATCH / (time.perf_counter() - self.t0)
 
 
@@ -104,7 +113,7 @@ def _hand_written(n: int, epochs: int) -> float:
     loader = torch.utils.data.DataLoader(
         ds, batch_size=GLOBAL_BATCH // dist.get_world_size(), sampler=sampler
     )
-    clock = _Clock()
+    clock = _Clock(n, epochs, dist.get_world_size())
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
@@ -141,7 +150,7 @@ def _engine_job(idist, create_supervised_trainer, Events, Accuracy, Loss, n, epo
         trainer.add_event_handler(
             Events.EPOCH_STARTED, lambda e: loader.sampler.set_epoch(e.state.epoch - 1)
         )
-    clock = _Clock()
+    clock = _Clock(n, epochs, idist.get_world_size())
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.tick())
     trainer.run(loader, max_epochs=epochs)
     return clock.rate()
@@ -179,7 +188,8 @@ def _lightning(n: int, epochs: int) -> float:
     import lightning as L  # noqa: N812
     import torch
 
-    clock = _Clock()
+    world = int(os.environ["WORLD_SIZE"])
+    clock = _Clock(n, epochs, world)
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -196,7 +206,6 @@ def _lightning(n: int, epochs: int) -> float:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
 
-    world = int(os.environ["WORLD_SIZE"])
     trainer = L.Trainer(
         accelerator="cpu",
         devices=world,
@@ -210,6 +219,8 @@ def _lightning(n: int, epochs: int) -> float:
     torch.set_num_threads(1)
     loader = torch.utils.data.DataLoader(_data(n), batch_size=GLOBAL_BATCH // world, shuffle=True)
     trainer.fit(Module(), loader)
+    if trainer.world_size != world:
+        raise RuntimeError(f"Lightning ran on {trainer.world_size} ranks, not {world}")
     rate = clock.rate()
     torch.distributed.destroy_process_group()
     return rate
@@ -226,7 +237,7 @@ def _accelerate(n: int, epochs: int) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loader = torch.utils.data.DataLoader(_data(n), batch_size=GLOBAL_BATCH // world, shuffle=True)
     model, opt, loader = accelerator.prepare(model, opt, loader)
-    clock = _Clock()
+    clock = _Clock(n, epochs, world)
     for _ in range(epochs):
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
