@@ -28,23 +28,25 @@ class SeededDataset(torch.utils.data.Dataset):
     with ``(seed, 0, index)``.
 
     Seeding costs microseconds per generator and sample, so by default (``lazy=True``) a
-    generator is seeded only once reading has been seen to draw from it: a batch is read
-    with the generators not yet seen drawn from left as they are, and their complete
-    states (the cached Gaussians of numpy and ``random`` included) are compared before and
-    after. If one changed, the batch is read again with that generator seeded before each
-    sample, as it is from then on in this process (:attr:`drawn`). So every sample's
-    randomness is the same function of its key either way, and a dataset that draws from
-    no generator pays for no seeding. The one draw that comparison cannot see is one whose
-    generator state is put back inside ``__getitem__`` (a ``torch.random.fork_rng()`` block
-    that draws without seeding): wrap such a dataset with ``lazy=False``, which seeds every
-    generator before every sample.
+    generator is seeded only if reading draws from it. The first batch a process reads is
+    seeded in full, and after each of its samples every generator's state is compared with
+    the state seeding gave it: those that moved were drawn from and are seeded before every
+    sample from then on (:attr:`drawn`). The others are left as they are, and their complete
+    states (the cached Gaussians of numpy and ``random`` included) are compared once per
+    batch: should a later batch draw from one of them after all (a draw made only for some
+    samples), that batch is read again with it seeded, and it joins :attr:`drawn`. So every
+    sample's randomness is the same function of its key as with every generator seeded, and
+    a dataset without random augmentation pays for no seeding. The one draw these
+    comparisons cannot see is one whose generator state ``__getitem__`` itself puts back (a
+    ``torch.random.fork_rng()`` block drawing without seeding inside): wrap such a dataset
+    with ``lazy=False``, which seeds every generator before every sample, as does a dataset
+    whose reads must never be repeated while it draws only for some samples.
 
     Args:
         dataset: a map-style dataset (``__getitem__`` and ``__len__``).
         seed: the seed used for plain integer keys.
-        lazy: seed a generator only once reading has been seen to draw from it (the batch
-            in which that is first seen is read twice); ``False``: seed all of them before
-            every sample.
+        lazy: seed a generator only if reading draws from it (see above); ``False``: seed
+            every generator before every sample.
 
     Example:
         >>> ds = SeededDataset(my_dataset)  # doctest: +SKIP
@@ -65,6 +67,7 @@ class SeededDataset(torch.utils.data.Dataset):
         #: names of the generators (``"torch"``, ``"random"``, ``"numpy"``) seen drawn from
         #: while reading in this process: seeded before every sample
         self.drawn: set[str] = set()
+        self.probed = False  # whether this process read its first (fully seeded) batch
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -74,16 +77,17 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: list[Any]) -> list[Any]:
         """A batch of samples (what DataLoader's fetcher calls), each seeded from its own key;
-        generator states are saved and compared once per batch, not once per sample."""
+        past the first batch, generator states are compared once per batch, not per sample."""
         in_worker = torch.utils.data.get_worker_info() is not None
         gens = _GENERATORS
-        seeded = [g for g in gens if not self.lazy or g.name in self.drawn]
+        probe = self.lazy and not self.probed
+        seeded = [g for g in gens if not self.lazy or probe or g.name in self.drawn]
         watched = [g for g in gens if g not in seeded]
         # the main process gives its generators back; a worker's do not matter
         saved = {g: g.save() for g in (watched if in_worker else gens)}
         try:
             while True:
-                samples = self._read(keys, seeded)
+                samples = self._read(keys, seeded, probe)
                 new = [g for g in watched if not g.same(saved[g])]
                 if not new:
                     return samples
@@ -97,7 +101,7 @@ class SeededDataset(torch.utils.data.Dataset):
                 for g in seeded:
                     g.restore(saved[g])
 
-    def _read(self, keys: list[Any], seeded: list[_Generator]) -> list[Any]:
+    def _read(self, keys: list[Any], seeded: list[_Generator], probe: bool) -> list[Any]:
         read = self.dataset.__getitem__
         if not seeded:
             return [read(k[2] if isinstance(k, tuple) else k) for k in keys]
@@ -111,13 +115,20 @@ class SeededDataset(torch.utils.data.Dataset):
             s = mix_seed(seed, data_pass, index)
             for seed_fn in seeders:
                 seed_fn(s)
-            out.append(read(index))
+            if probe:  # which generators does reading move away from their seeded state?
+                seeded_states = [(g, g.save()) for g in seeded if g.name not in self.drawn]
+                out.append(read(index))
+                self.drawn.update(g.name for g, st in seeded_states if not g.same(st))
+            else:
+                out.append(read(index))
+        if probe:
+            self.probed = True
         return out
 
     def __getattr__(self, name: str) -> Any:
         # Forward attributes (e.g. ``classes``) to the wrapped dataset; guard against
         # recursion while unpickling, before ``dataset`` exists.
-        if name in ("dataset", "drawn", "lazy"):
+        if name in ("dataset", "drawn", "lazy", "probed"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
