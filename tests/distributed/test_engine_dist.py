@@ -266,3 +266,35 @@ def test_exhausted_iterator_on_one_rank_ends_every_rank(lengths):
     # both ranks end the epoch in which a rank ran dry, then the run (as Ignite ends a run
     # whose data is exhausted: COMPLETED, no TERMINATE)
     assert results[0] == results[1] == [("COMPLETED", 2)]
+
+
+def _nested_job(local_rank):
+    """An evaluator run inside the trainer's ITERATION_COMPLETED handlers, mid-epoch: its
+    collectives (run agreement, its own agreements, a metric's gather) come while the
+    trainer's overlapped agreement is pending, and a request made on one rank in between
+    still stops both ranks together."""
+    from distengine.metrics import Average
+
+    rank = idist.get_rank()
+    trainer = Engine(lambda e, b: b)
+    evaluator = Engine(lambda e, b: float(b + rank))
+    Average().attach(evaluator, "mean")
+    seen = []
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=2))
+    def evaluate(engine):
+        seen.append((engine.state.iteration, evaluator.run(range(4)).metrics["mean"]))
+
+    if rank == 1:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())
+    trainer.run(range(6), max_epochs=2, seed=0)
+    return seen, trainer.state.iteration
+
+
+def test_nested_run_while_the_agreement_is_pending():
+    results = idist.spawn(_nested_job, 2)
+    assert results[0] == results[1]
+    seen, stopped = results[0]
+    assert stopped == 4  # requested in iteration 3: after iteration 4 on both ranks
+    assert [it for it, _ in seen] == [2, 4]
+    assert [mean for _, mean in seen] == [2.0, 2.0]  # mean over ranks of (0..3) + rank
