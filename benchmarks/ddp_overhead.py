@@ -22,7 +22,9 @@ version of each peer. Every launch is its own torchrun job; rank 0 measures samp
 (global samples) from the end of iteration 5 (warm-up) to the end of training. A round
 launches every framework once, in an order rotated from round to round (interleaved), and
 each framework's per-round ratio is its samples/s over the hand-written loop's in that
-round. The table gives the median samples/s and the median ratio over rounds, each with
+round. ``--diagnostics`` adds variants that price one part of distengine each (the
+hand-written loop plus one blocking or one overlapped agreement per iteration, distengine
+with the blocking agreement, distengine seeding every generator before every sample). The table gives the median samples/s and the median ratio over rounds, each with
 its min-max spread, and the load average before and after (the machine is shared: figures
 taken with a high load are not comparable).
 """
@@ -44,6 +46,13 @@ GLOBAL_BATCH = 128
 WARMUP = 5
 LR, MOMENTUM = 0.01, 0.9
 FRAMEWORKS = ("hand-written", "distengine", "ignite", "lightning", "accelerate")
+# --diagnostics: variants that price one part of distengine each, in the same rounds
+VARIANTS = (
+    "hand-written+agreement",  # + agree_flags(0) after every step (a blocking collective)
+    "hand-written+overlapped",  # + start_agreement after every step, read one step later
+    "distengine-blocking",  # overlap_agreement = False
+    "distengine-eager-seeding",  # SeededDataset(lazy=False): every generator, every sample
+)
 _REQUIRES = {"ignite": "ignite", "lightning": "lightning", "accelerate": "accelerate"}
 
 
@@ -100,7 +109,7 @@ class _Clock:
 
 
 # --- one function per framework, each run on every rank of a torchrun job ---------------------
-def _hand_written(n: int, epochs: int) -> float:
+def _hand_written(n: int, epochs: int, agreement: str | None = None) -> float:
     import torch
     import torch.distributed as dist
 
@@ -114,6 +123,23 @@ def _hand_written(n: int, epochs: int) -> float:
         ds, batch_size=GLOBAL_BATCH // dist.get_world_size(), sampler=sampler
     )
     clock = _Clock(n, epochs, dist.get_world_size())
+    _hand_written_loop(model, opt, sampler, loader, epochs, clock, agreement)
+    rate = clock.rate()
+    del model
+    if agreement is not None:
+        import distengine.distributed as idist
+
+        idist.finalize()
+    dist.destroy_process_group()
+    return rate
+
+
+def _hand_written_loop(model, opt, sampler, loader, epochs, clock, agreement) -> None:
+    import torch
+
+    if agreement is not None:  # diagnostics: what one agreement per iteration costs
+        import distengine.distributed as idist
+    pending = None
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
@@ -121,18 +147,28 @@ def _hand_written(n: int, epochs: int) -> float:
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+            if agreement == "blocking":
+                idist.agree_flags(0)
+            elif agreement == "overlapped":
+                if pending is not None:
+                    pending.wait()
+                pending = idist.start_agreement(0)
             clock.tick()
-    rate = clock.rate()
-    del model
-    dist.destroy_process_group()
-    return rate
+    if pending is not None:
+        pending.wait()
 
 
-def _engine_job(idist, create_supervised_trainer, Events, Accuracy, Loss, n, epochs, set_epoch):  # noqa: N803
+def _engine_job(  # noqa: N803
+    idist, create_supervised_trainer, Events, Accuracy, Loss, n, epochs, set_epoch, variant=None
+):
     import torch
 
     torch.set_num_threads(1)
     ds = _data(n)
+    if variant == "distengine-eager-seeding":
+        from distengine.data import SeededDataset
+
+        ds = SeededDataset(ds, lazy=False)
     loader = idist.auto_dataloader(ds, batch_size=GLOBAL_BATCH, shuffle=True)
     model = idist.auto_model(_cnn())
     opt = idist.auto_optim(torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM))
@@ -150,13 +186,15 @@ def _engine_job(idist, create_supervised_trainer, Events, Accuracy, Loss, n, epo
         trainer.add_event_handler(
             Events.EPOCH_STARTED, lambda e: loader.sampler.set_epoch(e.state.epoch - 1)
         )
+    if variant == "distengine-blocking":
+        trainer.overlap_agreement = False
     clock = _Clock(n, epochs, idist.get_world_size())
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.tick())
     trainer.run(loader, max_epochs=epochs)
     return clock.rate()
 
 
-def _distengine(n: int, epochs: int) -> float:
+def _distengine(n: int, epochs: int, variant: str | None = None) -> float:
     import distengine.distributed as idist
     from distengine.engine import Events, create_supervised_trainer
     from distengine.metrics import Accuracy, Loss
@@ -164,7 +202,7 @@ def _distengine(n: int, epochs: int) -> float:
     idist.initialize("gloo")
     try:
         return _engine_job(
-            idist, create_supervised_trainer, Events, Accuracy, Loss, n, epochs, False
+            idist, create_supervised_trainer, Events, Accuracy, Loss, n, epochs, False, variant
         )
     finally:
         idist.finalize()
@@ -238,6 +276,17 @@ def _accelerate(n: int, epochs: int) -> float:
     loader = torch.utils.data.DataLoader(_data(n), batch_size=GLOBAL_BATCH // world, shuffle=True)
     model, opt, loader = accelerator.prepare(model, opt, loader)
     clock = _Clock(n, epochs, world)
+    _accelerate_loop(accelerator, model, opt, loader, epochs, clock)
+    rate = clock.rate()
+    accelerator.end_training()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return rate
+
+
+def _accelerate_loop(accelerator, model, opt, loader, epochs, clock) -> None:
+    import torch
+
     for _ in range(epochs):
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
@@ -245,11 +294,6 @@ def _accelerate(n: int, epochs: int) -> float:
             accelerator.backward(loss)
             opt.step()
             clock.tick()
-    rate = clock.rate()
-    accelerator.end_training()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return rate
 
 
 _JOBS = {
@@ -258,6 +302,10 @@ _JOBS = {
     "ignite": _ignite,
     "lightning": _lightning,
     "accelerate": _accelerate,
+    "hand-written+agreement": lambda n, e: _hand_written(n, e, "blocking"),
+    "hand-written+overlapped": lambda n, e: _hand_written(n, e, "overlapped"),
+    "distengine-blocking": lambda n, e: _distengine(n, e, "distengine-blocking"),
+    "distengine-eager-seeding": lambda n, e: _distengine(n, e, "distengine-eager-seeding"),
 }
 
 
@@ -364,7 +412,12 @@ def main() -> None:
         help="also run distengine from the source tree DIR (a directory holding distengine/, "
         "e.g. an older commit's `git archive`), as the row distengine@DIR",
     )
-    p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also run variants that price one part each: " + ", ".join(VARIANTS),
+    )
+    p.add_argument("--worker", choices=FRAMEWORKS + VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _worker(args.worker, args.samples, args.epochs)
@@ -379,6 +432,8 @@ def main() -> None:
         p.error(f"--samples/--epochs give at most {WARMUP} iterations: nothing to time")
     names = [f for f in wanted if _available(f)]
     missing = [f for f in wanted if f not in names]
+    if args.diagnostics:
+        names += list(VARIANTS)
     trees = {f: ROOT for f in names}
     for d in args.compare:
         tree = Path(d).resolve()

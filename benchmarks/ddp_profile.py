@@ -52,11 +52,11 @@ PARTS: list[tuple[str, str]] = [
 ]
 # frames that put a sample inside a framework's training loop
 LOOPS = {
-    "hand-written": r"_hand_written \(",
+    "hand-written": r"_hand_written_loop \(",
     "distengine": r"_loop \(distengine/engine/engine\.py",
     "ignite": r"_internal_run_as_gen \(ignite/engine/engine\.py",
     "lightning": r"fit_loop\.py",
-    "accelerate": r"_accelerate \(",
+    "accelerate": r"_accelerate_loop \(",
 }
 
 
@@ -74,10 +74,10 @@ def _parse(path: Path, framework: str) -> dict[int, collections.Counter]:
         worker = max((i for i, f in enumerate(frames) if f.startswith("process ")), default=None)
         if worker is None or worker + 1 >= len(frames) or "--worker" not in frames[worker]:
             continue
-        if not frames[worker + 1].startswith("thread ") or "MainThread" not in frames[worker + 1]:
+        body = frames[worker + 1 :]
+        if not body[0].startswith("<module> ("):  # not the main thread
             continue
         pid = int(frames[worker].split()[1].rstrip(":").split(":")[0])
-        body = frames[worker + 2 :]
         at = next((i for i, f in enumerate(body) if loop.search(f)), None)
         if at is None:
             continue
@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--framework", default="distengine", choices=sorted(LOOPS))
     p.add_argument("--samples", type=int, default=8192, help="samples per epoch")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--rate", type=int, default=250, help="samples per second per process")
+    p.add_argument("--rate", type=int, default=100, help="samples per second per process")
     p.add_argument("--tree", default=str(ROOT), help="source tree to import distengine from")
     p.add_argument("--keep", metavar="FILE", help="also keep py-spy's raw samples in FILE")
     args = p.parse_args()
@@ -103,7 +103,7 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     cmd = [
-        "py-spy", "record", "--idle", "--threads", "--nonblocking", "--subprocesses",
+        "py-spy", "record", "--idle", "--nonblocking", "--subprocesses",
         "--rate", str(args.rate), "--format", "raw", "-o", str(out), "--",
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(ROOT / "benchmarks" / "ddp_overhead.py"), "--worker", args.framework,
