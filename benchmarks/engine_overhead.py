@@ -15,6 +15,7 @@ import argparse
 import gc
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -108,7 +109,12 @@ def _factory_train(factory, data):
 
 
 def _lightning_train(data):
+    import logging
+
     import lightning as L  # noqa: N812
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # its banners
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -131,9 +137,11 @@ def _lightning_train(data):
         enable_model_summary=False,
     )
     loader = torch.utils.data.DataLoader(data, batch_size=None)
-    t0 = time.perf_counter()
-    trainer.fit(Module(), loader)
-    return time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's own deprecation notices
+        t0 = time.perf_counter()
+        trainer.fit(Module(), loader)
+        return time.perf_counter() - t0
 
 
 def bench_trainer(n_iters, trials):

@@ -12,7 +12,13 @@ Example:
     2.5
 """
 
-from .agreement import agree_flags, check_in_sync, rendezvous_check
+from .agreement import (
+    PendingAgreement,
+    agree_flags,
+    check_in_sync,
+    rendezvous_check,
+    start_agreement,
+)
 from .collectives import (
     all_gather,
     all_gather_tensors_with_shapes,
@@ -52,6 +58,7 @@ from .wrapping import auto_model, auto_optim
 
 __all__ = [
     "Parallel",
+    "PendingAgreement",
     "agree_flags",
     "all_gather",
     "all_gather_tensors_with_shapes",
@@ -88,6 +95,7 @@ __all__ = [
     "set_local_rank",
     "show_config",
     "spawn",
+    "start_agreement",
     "sync",
     "unregister_status_provider",
     "watch_collective",

@@ -2,14 +2,17 @@
 
 Under NCCL these run on the gloo side group, so the per-iteration agreement of the engine
 never forces a GPU synchronisation. Each marks itself in flight for the hang watchdog
-(:mod:`.hangs`): on the per-iteration path that is three attribute writes, no clock and
-no syscall.
+(:mod:`.hangs`): on the per-iteration path that is a few attribute writes, no clock and
+no syscall. :func:`start_agreement` starts the OR without waiting for it (the engine
+overlaps it with the next iteration); its mark holds the pending work, so the watchdog
+counts it as waited for only while the work has not completed.
 """
 
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,9 +20,38 @@ import torch.distributed as dist
 from .collectives import _group
 from .hangs import IN_FLIGHT, watch_collective
 
-__all__ = ["agree_flags", "check_in_sync", "rendezvous_check"]
+__all__ = [
+    "PendingAgreement",
+    "agree_flags",
+    "check_in_sync",
+    "rendezvous_check",
+    "start_agreement",
+]
 
-_flag_buf: tuple[object, torch.Tensor] | None = None  # (the runtime it belongs to, buffer)
+# 1-element int64 buffers of the current runtime, reused (no allocation per call): a buffer
+# in use by a started agreement returns here when the agreement is waited for.
+_buffers: tuple[object, list[torch.Tensor]] | None = None
+_get_ident = threading.get_ident
+
+
+def _check_flags(flags: object) -> None:
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise TypeError(f"flags must be an int, got {type(flags).__name__}")
+    if not 0 <= flags < 2**63:
+        raise ValueError(f"flags must be in [0, 2**63), got {flags}")
+
+
+def _buffer(rt: object) -> torch.Tensor:
+    global _buffers
+    if _buffers is None or _buffers[0] is not rt:
+        _buffers = (rt, [])
+    free = _buffers[1]
+    return free.pop() if free else torch.zeros(1, dtype=torch.int64)
+
+
+def _release(rt: object, buf: torch.Tensor) -> None:
+    if _buffers is not None and _buffers[0] is rt and len(_buffers[1]) < 4:
+        _buffers[1].append(buf)
 
 
 def agree_flags(flags: int) -> int:
@@ -40,32 +72,102 @@ def agree_flags(flags: int) -> int:
         >>> idist.agree_flags(0b100)  # alone; with another rank passing 0b001: 0b101
         4
     """
-    if isinstance(flags, bool) or not isinstance(flags, int):
-        raise TypeError(f"flags must be an int, got {type(flags).__name__}")
-    if not 0 <= flags < 2**63:
-        raise ValueError(f"flags must be in [0, 2**63), got {flags}")
+    _check_flags(flags)
     rt = _group()
     if rt is None:
         return flags
-    global _flag_buf
-    if (
-        _flag_buf is None or _flag_buf[0] is not rt
-    ):  # one buffer per runtime: no allocation per call
-        _flag_buf = (rt, torch.zeros(1, dtype=torch.int64))
-    buf = _flag_buf[1]
+    buf = _buffer(rt)
     buf.fill_(flags)
     w = IN_FLIGHT  # inlined watch_collective("agreement"): this runs once per iteration
     w.seq += 1
     w.name = "agreement"
     w.thread = _get_ident()
+    w.work = None
     try:
         dist.all_reduce(buf, op=dist.ReduceOp.BOR, group=rt.cpu_group)
     finally:
         w.name = None
-    return int(buf.item())
+    result = int(buf.item())
+    _release(rt, buf)
+    return result
 
 
-_get_ident = threading.get_ident
+class PendingAgreement:
+    """An OR of flags over all ranks that :func:`start_agreement` started; :meth:`wait` reads it.
+
+    Every rank must start the same agreements in the same order (they are collectives), and
+    wait for each before it starts a blocking collective whose result depends on it.
+    """
+
+    __slots__ = ("_buf", "_result", "_rt", "_work")
+
+    def __init__(self, result: int | None, rt: Any = None, buf: Any = None, work: Any = None):
+        self._result = result
+        self._rt, self._buf, self._work = rt, buf, work
+
+    def is_completed(self) -> bool:
+        """Whether :meth:`wait` would return at once."""
+        return self._result is not None or self._work.is_completed()
+
+    def wait(self) -> int:
+        """Waits for every rank's flags and returns their OR (again on later calls)."""
+        if self._result is not None:
+            return self._result
+        work, w = self._work, IN_FLIGHT
+        if w.work is not work:  # another watched collective ran in between: mark it again
+            w.seq += 1
+            w.name = "agreement"
+            w.thread = _get_ident()
+            w.work = work
+        try:
+            work.wait()
+        finally:
+            if w.work is work:
+                w.name = None
+                w.work = None
+        self._result = int(self._buf.item())
+        _release(self._rt, self._buf)
+        self._buf = self._work = None
+        return self._result
+
+
+def start_agreement(flags: int) -> PendingAgreement:
+    """Starts :func:`agree_flags` without waiting: ``start_agreement(f).wait() == agree_flags(f)``.
+
+    The collective runs in the background while this rank goes on; until it completes, the
+    hang watchdog counts this rank as waiting in ``'agreement'`` (a rank whose peers never
+    start it is reported after ``DISTENGINE_HANG_TIMEOUT``, wherever it is blocked).
+
+    Args:
+        flags: a non-negative int of request bits.
+
+    Returns:
+        A :class:`PendingAgreement`; in a job of one it holds ``flags`` already.
+
+    Raises:
+        TypeError: ``flags`` is not an int.
+        ValueError: ``flags`` is negative or does not fit in 63 bits.
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> pending = idist.start_agreement(0b10)
+        >>> # ... one iteration of work ...
+        >>> pending.wait()  # alone; with another rank passing 0b01: 0b11
+        2
+    """
+    _check_flags(flags)
+    rt = _group()
+    if rt is None:
+        return PendingAgreement(flags)
+    buf = _buffer(rt)
+    buf.fill_(flags)
+    work = dist.all_reduce(buf, op=dist.ReduceOp.BOR, group=rt.cpu_group, async_op=True)
+    w = IN_FLIGHT
+    w.seq += 1
+    w.name = "agreement"
+    w.thread = _get_ident()
+    w.work = work
+    return PendingAgreement(None, rt, buf, work)
 
 
 def check_in_sync(values: tuple[int, ...], names: tuple[str, ...]) -> None:

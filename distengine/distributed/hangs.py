@@ -52,17 +52,28 @@ class InFlight:
     """The distengine collective this process waits in (written by the waiting thread).
 
     ``seq`` counts entries, ``name`` is the collective (``None`` when none is in flight)
-    and ``thread`` the ident of the thread that entered it last. The watchdog reads them
-    without a lock: a sequence number that did not move between two polls while ``name``
+    and ``thread`` the ident of the thread that entered it last. ``work`` is the pending
+    work of a collective started without waiting (``agreement.start_agreement``): the rank
+    waits in it only while that work has not completed (its peers have not all started
+    it), wherever the rank's thread is meanwhile. The watchdog reads these fields without
+    a lock: a sequence number that did not move between two polls while :meth:`waiting_in`
     stayed set means the same collective is still in flight.
     """
 
-    __slots__ = ("name", "seq", "thread")
+    __slots__ = ("name", "seq", "thread", "work")
 
     def __init__(self) -> None:
         self.seq = 0
         self.name: str | None = None
         self.thread: int | None = None
+        self.work: Any = None
+
+    def waiting_in(self) -> str | None:
+        """The collective this process waits in, or ``None``."""
+        name, work = self.name, self.work
+        if name is None or (work is not None and work.is_completed()):
+            return None
+        return name
 
 
 IN_FLIGHT = InFlight()
@@ -94,6 +105,7 @@ def watch_collective(name: str) -> Iterator[None]:
     w.seq += 1
     w.name = name
     w.thread = threading.get_ident()
+    w.work = None
     try:
         yield
     finally:
@@ -204,7 +216,7 @@ def where_record(
         >>> rec["rank"], rec["collective"]
         (0, None)
     """
-    name = in_flight.name
+    name = in_flight.waiting_in()
     thread_name, stack = _thread_stack(in_flight.thread)
     return {
         "rank": rank,

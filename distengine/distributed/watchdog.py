@@ -377,7 +377,7 @@ class FailureWatchdog:
     def _hung(self) -> bool:
         """Whether the same watched collective has been in flight for ``hang_timeout``."""
         w = self._in_flight
-        seq, name = w.seq, w.name
+        seq, name = w.seq, w.waiting_in()
         now = time.monotonic()
         if name is None:
             self._seen = None
@@ -388,7 +388,7 @@ class FailureWatchdog:
         return now - self._seen[1] >= self.hang_timeout  # type: ignore[operator]
 
     def _waited(self) -> float | None:
-        if self._seen is None or self._in_flight.name is None:
+        if self._seen is None or self._in_flight.waiting_in() is None:
             return None
         return round(time.monotonic() - self._seen[1], 1)
 

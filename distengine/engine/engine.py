@@ -32,8 +32,9 @@ __all__ = ["Engine", "Stop"]
 class Stop(enum.IntFlag):
     """Stop requests, OR-ed across ranks once per iteration (see ``docs/internals.md``).
 
-    A request made on any rank is acted upon on every rank at the end of the same
-    iteration; at world size 1 it is acted upon right after the event that made it.
+    A request made on any rank is acted upon on every rank after the same iteration (at
+    world size > 1 one iteration later than it was made, see :class:`Engine`); at world
+    size 1 it is acted upon right after the event that made it.
     """
 
     TERMINATE = 1
@@ -64,8 +65,16 @@ class Engine(EventRegistry):
     """Runs ``process_function(engine, batch)`` over data for epochs, firing events.
 
     At world size > 1, ``terminate``/``terminate_epoch``/``interrupt`` requested on any
-    rank take effect on every rank at the end of the same iteration (one small collective
-    per iteration), and an exception on any rank ends the job on every rank.
+    rank take effect on every rank after the same iteration, and an exception on any rank
+    ends the job on every rank. The ranks agree on requests in one small collective per
+    iteration, overlapped with the next iteration: a request made during iteration ``i``
+    takes effect at the end of iteration ``i + 1`` (at the end of ``i`` itself when ``i``
+    is the last iteration of its epoch or of the run, or when requests of ``i - 1`` take
+    effect then); requests made in ``STARTED``, ``EPOCH_STARTED`` and ``EPOCH_COMPLETED``
+    handlers take effect right after them. With ``overlap_agreement = False`` every
+    request takes effect at the end of its own iteration, at the price of one blocking
+    collective per iteration. At world size 1 a request takes effect right after the
+    event that made it, as in Ignite.
 
     Args:
         process_function: ``(engine, batch) -> output``; the output lands in ``state.output``.
@@ -83,6 +92,11 @@ class Engine(EventRegistry):
 
     #: Ignite's switch: with ``False``, ``interrupt()`` raises ``RuntimeError``.
     interrupt_resume_enabled = True
+    #: At world size > 1, agree on stop requests in the background of the next iteration
+    #: (``True``: requests take effect one iteration later, no extra lockstep point) or at
+    #: the end of each iteration (``False``: one blocking collective per iteration). Read
+    #: when an epoch starts.
+    overlap_agreement = True
 
     def __init__(
         self, process_function: Callable[[Engine, Any], Any], *, sync_check_every: int | None = None
@@ -94,6 +108,7 @@ class Engine(EventRegistry):
         self.sync_check_every = sync_check_every
         self.logger = logging.getLogger(__name__ + "." + self.__class__.__name__)
         self._stop = _NONE  # requests made (and, at world size > 1, agreed) in this run
+        self._pending: idist.PendingAgreement | None = None  # the overlapped agreement
         self._state_dict_user_keys: list[str] = []
         self._rank_state = RankState()
         self._pos = RunPosition(self.state)
@@ -277,6 +292,7 @@ class Engine(EventRegistry):
         if "rank_state" in sd and sd.get("world_size", 1) == idist.get_world_size():
             self.load_rank_state_dict(sd["rank_state"])
         self._stop = _NONE
+        self._pending = None
         self._internal_run_generator = None
         self._dataloader_iter = None
 
@@ -321,7 +337,9 @@ class Engine(EventRegistry):
         saved seed wins and a different one raises ``ValueError``.
 
         The loop, per epoch (at world size > 1 "act" means: agree with the other ranks in one
-        small collective, then act on every rank's requests at the same point)::
+        small collective, then act on every rank's requests at the same point; after
+        ``ITERATION_COMPLETED`` that collective is overlapped with the next iteration, see
+        the class docstring)::
 
             STARTED; act
             while not done:
@@ -332,7 +350,9 @@ class Engine(EventRegistry):
                     GET_BATCH_COMPLETED             #   next pass (new permutation)
                     ITERATION_STARTED               # iteration += 1
                     output = process_function(engine, batch)
-                    ITERATION_COMPLETED; act        # cursor += global batch; sync check
+                    ITERATION_COMPLETED; act        # cursor += global batch; sync check;
+                                                    # (world size > 1: the previous iteration's
+                                                    # requests; the last iteration: its own too)
                 EPOCH_COMPLETED; act
             COMPLETED
             # terminate -> TERMINATE, COMPLETED; terminate_epoch -> TERMINATE_SINGLE_EPOCH,
@@ -492,6 +512,7 @@ class Engine(EventRegistry):
         s, pos = self.state, self._pos
         multi = idist.get_world_size() > 1
         self._stop = _NONE
+        self._pending = None
         s.preempted = False
         pos.loaded = pos.terminated = False
         s.times[Events.EPOCH_COMPLETED.name] = 0.0
@@ -556,6 +577,8 @@ class Engine(EventRegistry):
         has_data = s.dataloader is not None
         check_every = self.sync_check_every if multi else None
         local_checks = not multi
+        overlap = multi and self.overlap_agreement
+        start_agreement = idist.start_agreement
         counter = done_before
         length = s.epoch_length
         max_iters = s.max_iters
@@ -593,7 +616,19 @@ class Engine(EventRegistry):
                         # every rank ends the epoch at the same point, then the run
                         self._stop |= Stop.EXHAUSTED
                         if multi:
-                            self._stop = Stop(idist.agree_flags(self._stop))
+                            # A rank with data left is running this iteration and agrees at
+                            # its end like every iteration: join that collective and, when
+                            # it is overlapped there, the one that rank reads it in.
+                            pending = self._pending
+                            overlapped = (
+                                overlap
+                                and counter + 1 != length
+                                and s.iteration + 1 != max_iters
+                                and (pending is None or not pending.wait())
+                            )
+                            self._agree()
+                            if overlapped:
+                                self._agree()
                         yield from self._act()
                     # The pass ended inside the epoch (epoch_length > batches per pass, or a
                     # pass resumed at its end): start the next pass and fetch again; the
@@ -639,7 +674,19 @@ class Engine(EventRegistry):
                 if multi:
                     if check_every and s.iteration % check_every == 0:
                         self._sync_check()
-                    self._stop = Stop(idist.agree_flags(self._stop | self._preempt_bit))
+                    pending = self._pending
+                    if (
+                        overlap
+                        and counter != length
+                        and s.iteration != max_iters
+                        and (pending is None or not pending.wait())
+                    ):
+                        # Overlapped: the requests made up to here are read at the end of
+                        # the next iteration (the same decision on every rank: the pending
+                        # result is agreed, the epoch's length and max_iters are shared).
+                        self._pending = start_agreement(self._stop | self._preempt_bit)
+                        continue
+                    self._agree()
                 elif self._preempt_bit:
                     self._stop |= self._preempt_bit
                 if self._stop:
@@ -660,11 +707,17 @@ class Engine(EventRegistry):
 
     def _check(self, multi: bool) -> Generator[None, None, None]:
         if multi:
-            self._stop = Stop(idist.agree_flags(self._stop | self._preempt_bit))
+            self._agree()
         else:
             self._stop |= self._preempt_bit
         if self._stop:
             yield from self._act()
+
+    def _agree(self) -> None:
+        """Blocking: every rank's requests so far, the overlapped agreement's included."""
+        pending, self._pending = self._pending, None
+        agreed = pending.wait() if pending is not None else 0
+        self._stop = Stop(agreed | idist.agree_flags(self._stop | self._preempt_bit))
 
     def _act(self) -> Generator[None, None, None]:
         stop = self._stop

@@ -2,7 +2,8 @@
 
 While ``Engine.run`` is running in the main thread, SIGTERM and SIGUSR1 (which SLURM can
 send ahead of a preemption with ``--signal``) only set a flag. The engine agrees on it
-across ranks at the end of the iteration, so every rank stops after the same iteration;
+across ranks in its per-iteration agreement, so every rank stops after the same iteration
+(at world size > 1 the one after the iteration the signal arrived in, see ``Engine``);
 then it calls the registered *preemption savers* (a :class:`~distengine.handlers.Checkpoint`
 whose ``to_save`` holds the engine registers itself), fires ``TERMINATE`` (not
 ``COMPLETED``) and ``run`` raises :class:`Preempted`, a ``SystemExit`` with status

@@ -157,9 +157,13 @@ def _training_step(
     no_sync = getattr(model, "no_sync", None)
 
     def forward_backward(x: Any, y: Any, padding: bool, weight: float) -> tuple[Any, torch.Tensor]:
-        with autocast() if autocast is not None else contextlib.nullcontext():
+        if autocast is None:
             y_pred = model_transform(model_fn(model, x))
             loss = _zero_loss(y_pred) if padding else loss_fn(y_pred, y)
+        else:
+            with autocast():
+                y_pred = model_transform(model_fn(model, x))
+                loss = _zero_loss(y_pred) if padding else loss_fn(y_pred, y)
         scaled = loss
         if weight != 1.0:
             scaled = scaled * weight

@@ -40,7 +40,9 @@ class TerminateOnNan:
     Numbers and floating-point tensors are checked, also inside lists, tuples and dicts;
     other values are ignored. The check is local: a NaN on one rank makes that rank
     request termination, and the engine's agreement (one small collective per iteration
-    that it makes anyway) stops every rank after the same iteration. The handler itself
+    that it makes anyway) stops every rank after the same iteration: at world size > 1 the
+    iteration after the one with the NaN (unless that was its epoch's last; see ``Engine``).
+    The handler itself
     makes no collective. Checking a CUDA tensor synchronises with the GPU once per call.
 
     Args:

@@ -18,7 +18,7 @@ class TimeLimit:
 
     Attach it to ``ITERATION_COMPLETED``. On many ranks each rank measures its own time;
     the first rank over the limit terminates, and the engine stops every rank after the
-    same iteration. With a ``Checkpoint`` on ``Events.COMPLETED`` (or ``TERMINATE``) the
+    same iteration (at world size > 1 the next one, see ``Engine``). With a ``Checkpoint`` on ``Events.COMPLETED`` (or ``TERMINATE``) the
     last state is saved, and the next session resumes from it with a fresh budget.
 
     Args:

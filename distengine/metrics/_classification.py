@@ -42,7 +42,11 @@ def check_pair(output: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
             f"{owner}.update expects y_pred and y to be tensors, "
             f"got {type(y_pred).__name__} and {type(y).__name__}"
         )
-    return y_pred.detach(), y.detach()
+    # detached only when needed: a metric updated by the engine sees no graph already
+    return (
+        y_pred.detach() if y_pred.requires_grad else y_pred,
+        y.detach() if y.requires_grad else y,
+    )
 
 
 class ClassificationMetric(Metric):

@@ -40,7 +40,7 @@ class SampleTransform:
 
 def select_required(output: Any, metric: Any) -> Any:
     """Turns a mapping output into the tuple of the metric's ``required_output_keys``."""
-    if not isinstance(output, Mapping):
+    if type(output) is tuple or not isinstance(output, Mapping):
         return output
     keys = metric.required_output_keys
     name = type(metric).__name__
@@ -99,6 +99,8 @@ def drop_padding(output: Any, padding: int) -> tuple[Any, bool]:
 
 
 def _is_list_of_tensors_or_numbers(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):  # the common case, decided without an ABC check
+        return False
     return (
         isinstance(x, Sequence)
         and not isinstance(x, str)

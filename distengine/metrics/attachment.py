@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 import distengine.distributed as idist
 from distengine.engine import Events
 from distengine.metrics._output import write_result
@@ -135,6 +137,10 @@ class MetricsReducer:
         # metrics used by an entry (a lambda's part, a src) that were detached on their own:
         # no longer updated, and the entries using them no longer count as attached (Ignite)
         self._detached: set[int] = set()
+        # what ITERATION_COMPLETED does, worked out once per change of the entries:
+        # (metrics to update, or None when a filter decides per iteration; batch-wise
+        # entries; running entries)
+        self._iteration_plan: tuple[list[Metric] | None, list[_Entry], list[_Entry]] | None = None
 
     # --- membership -------------------------------------------------------------------
     def add(self, metric: Metric, name: str, usage: MetricUsage) -> None:
@@ -167,6 +173,7 @@ class MetricsReducer:
 
     def _sync_handlers(self) -> None:
         """Registers the handlers the current entries need; removes the others."""
+        self._iteration_plan = None
         wanted = {e.plan.started for e in self._entries}
         if self._entries:
             wanted.add(Events.ITERATION_COMPLETED)
@@ -222,7 +229,8 @@ class MetricsReducer:
     def _on_iteration_started(self, engine: Any) -> None:
         self._reset(Events.ITERATION_STARTED, engine)
 
-    def _on_iteration_completed(self, engine: Any) -> None:
+    def _to_update(self, engine: Any) -> list[Metric]:
+        """The metrics to update at this ITERATION_COMPLETED, in order, each once."""
         to_update: list[Metric] = []
         for e in self._entries:
             if e.plan.update == Events.ITERATION_COMPLETED:
@@ -234,13 +242,32 @@ class MetricsReducer:
                     to_update.append(e.metric)
             else:  # updated at EPOCH_COMPLETED; what it reads is updated every iteration
                 to_update.extend(e.metric._update_children())
-        for metric in _distinct(to_update):
-            if id(metric) not in self._detached:
+        return [m for m in _distinct(to_update) if id(m) not in self._detached]
+
+    def _on_iteration_completed(self, engine: Any) -> None:
+        plan = self._iteration_plan
+        if plan is None:
+            filtered = any(
+                e.plan.update == Events.ITERATION_COMPLETED and e.plan.update_filter is not None
+                for e in self._entries
+            )
+            plan = self._iteration_plan = (
+                None if filtered else self._to_update(engine),
+                self._select(completes="iteration"),
+                self._select(completes="running"),
+            )
+        metrics, batch_wise, running = plan
+        if metrics is None:
+            metrics = self._to_update(engine)
+        if torch.is_grad_enabled():
+            with torch.no_grad():  # once for all metrics, not once per metric
+                for metric in metrics:
+                    metric.iteration_completed(engine)
+        else:
+            for metric in metrics:
                 metric.iteration_completed(engine)
-        batch_wise = self._select(completes="iteration")
         if batch_wise:
             self._write(engine, batch_wise, reduce=True)
-        running = self._select(completes="running")
         if running:
             self._write(engine, running, reduce=False)
 

@@ -84,7 +84,9 @@ class Loss(Metric):
                 f"{type(average_loss).__name__}" + (f" of shape {shape}" if shape else "")
             )
         n = self._batch_size(y)
-        self._sum += average_loss.detach().to(self._device, torch.float64) * n
+        if average_loss.requires_grad:  # not under the engine's no_grad: keep no graph
+            average_loss = average_loss.detach()
+        self._sum += average_loss.to(self._device, torch.float64) * n
         self._num_examples += n
 
     def compute(self) -> float:

@@ -257,13 +257,20 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         """Resets the metric; what ``attach`` runs at the usage's start event."""
         self.reset()
 
-    @torch.no_grad()
     def iteration_completed(self, engine: Any) -> None:
-        """Updates the metric from ``engine.state.output`` (transformed, padding dropped).
+        """Updates the metric from ``engine.state.output`` (transformed, padding dropped),
+        without recording gradients.
 
         Example:
             >>> metric.iteration_completed(engine)  # doctest: +SKIP
         """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._update_from(engine)
+        else:  # the engine's reducer disabled gradients once for all its metrics
+            self._update_from(engine)
+
+    def _update_from(self, engine: Any) -> None:
         transform = self._output_transform
         staged = isinstance(transform, _output.SampleTransform)
         output = (transform.before if staged else transform)(engine.state.output)

@@ -29,58 +29,123 @@ def _traced_engine(trace):
     return eng
 
 
-def _agreement_job(local_rank, requester):
+def _agreement_job(local_rank, requester, overlap):
     rank = idist.get_rank()
     out = {}
+
+    def traced():
+        trace = []
+        eng = _traced_engine(trace)
+        eng.overlap_agreement = overlap
+        return eng, trace
+
     # terminate() requested on one non-zero rank from ITERATION_STARTED of iteration 5
-    trace = []
-    eng = _traced_engine(trace)
+    eng, out["terminate"] = traced()
     if rank == requester:
         eng.add_event_handler(Events.ITERATION_STARTED(once=5), lambda e: e.terminate())
     eng.run(range(4), max_epochs=3, seed=1)
-    out["terminate"] = trace
     # terminate_epoch() from GET_BATCH_COMPLETED of iteration 2
-    trace = []
-    eng = _traced_engine(trace)
+    eng, out["terminate_epoch"] = traced()
     if rank == requester:
         eng.add_event_handler(Events.GET_BATCH_COMPLETED(once=1), lambda e: e.terminate_epoch())
     eng.run(range(4), max_epochs=2, seed=1)
-    out["terminate_epoch"] = trace
     # interrupt() then run() again, continuing in place
-    trace = []
-    eng = _traced_engine(trace)
+    eng, trace = traced()
+    out["interrupt"] = trace
     if rank == requester:
         eng.add_event_handler(Events.ITERATION_COMPLETED(once=6), lambda e: e.interrupt())
     eng.run(range(4), max_epochs=2, seed=1)
     trace.append(("returned", eng.state.iteration))
     eng.run(range(4), max_epochs=2)
-    out["interrupt"] = trace
     # terminate() from an epoch-level event: takes effect at that epoch boundary
-    trace = []
-    eng = _traced_engine(trace)
+    eng, out["epoch_level"] = traced()
     if rank == requester:
         eng.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())
     eng.run(range(4), max_epochs=3, seed=1)
-    out["epoch_level"] = trace
+    # terminate() at the last iteration of an epoch: before that epoch's EPOCH_COMPLETED
+    eng, out["epoch_end"] = traced()
+    if rank == requester:
+        eng.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda e: e.terminate())
+    eng.run(range(4), max_epochs=3, seed=1)
+    # terminate() one iteration before max_iters: the run's last iteration
+    eng, out["max_iters"] = traced()
+    if rank == requester:
+        eng.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: e.terminate())
+    eng.run(range(4), max_iters=6, seed=1)
+    # requests of two consecutive iterations, on two ranks
+    eng, trace = traced()
+    out["consecutive"] = trace
+    if rank == 0:
+        eng.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: e.terminate_epoch())
+    if rank == requester:
+        eng.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: e.interrupt())
+    eng.run(range(4), max_epochs=2, seed=1)
+    trace.append(("returned", eng.state.iteration))
+    eng.run(range(4), max_epochs=2)
     # seed drawn on rank 0 and broadcast
     out["seed"] = Engine(lambda e, b: b).run(range(2)).seed
     return out
 
 
+def _its(trace):
+    return [x[1] for x in trace if x[0] == "it"]
+
+
 @pytest.mark.parametrize("world,requester", [(2, 1), (3, 2)])
 def test_requests_on_one_rank_take_effect_everywhere(world, requester):
-    results = idist.spawn(_agreement_job, world, args=(requester,))
+    """The default (overlapped agreement): a request made during iteration i takes effect on
+    every rank at the end of iteration i + 1 (the same iteration on every rank)."""
+    results = idist.spawn(_agreement_job, world, args=(requester, True))
     ref = results[0]
     for r in results[1:]:
         assert r == ref  # same events, same iterations, same seed on every rank
-    its = [x[1] for x in ref["terminate"] if x[0] == "it"]
-    assert its == [1, 2, 3, 4, 5]  # stopped at the end of the iteration of the request
+    assert _its(ref["terminate"]) == [1, 2, 3, 4, 5, 6]  # requested in 5: effective after 6
+    assert ref["terminate"][-2:] == [("TERMINATE", 2, 6), ("COMPLETED", 2, 6)]
+    # requested while fetching the batch of iteration 2: effective at the end of iteration 3
+    assert ("TERMINATE_SINGLE_EPOCH", 1, 3) in ref["terminate_epoch"]
+    assert ref["terminate_epoch"][-1] == ("COMPLETED", 2, 7)
+    assert ("returned", 7) in ref["interrupt"] and ref["interrupt"][-1] == ("COMPLETED", 2, 8)
+    assert ref["epoch_level"][-2:] == [("TERMINATE", 1, 4), ("COMPLETED", 1, 4)]
+    # the last iteration of an epoch or of the run agrees at once
+    assert ref["epoch_end"][-3:] == [("it", 4), ("TERMINATE", 1, 4), ("COMPLETED", 1, 4)]
+    assert ref["max_iters"][-2:] == [("TERMINATE", 2, 6), ("COMPLETED", 2, 6)]
+    # iteration 1's request takes effect after iteration 2 and carries iteration 2's along
+    assert ref["consecutive"][:6] == [
+        ("EPOCH_STARTED", 1, 0),
+        ("it", 1),
+        ("it", 2),
+        ("TERMINATE_SINGLE_EPOCH", 1, 2),
+        ("EPOCH_COMPLETED", 1, 2),
+        ("INTERRUPT", 1, 2),
+    ]
+    assert ("returned", 2) in ref["consecutive"] and ref["consecutive"][-1] == ("COMPLETED", 2, 6)
+    assert ref["seed"] == results[-1]["seed"]
+
+
+@pytest.mark.parametrize("world,requester", [(2, 1), (3, 2)])
+def test_requests_take_effect_at_their_iteration_without_overlap(world, requester):
+    """``overlap_agreement = False``: one blocking agreement per iteration, so a request
+    takes effect on every rank at the end of the iteration that made it."""
+    results = idist.spawn(_agreement_job, world, args=(requester, False))
+    ref = results[0]
+    for r in results[1:]:
+        assert r == ref
+    assert _its(ref["terminate"]) == [1, 2, 3, 4, 5]  # stopped at the end of the request's
     assert ref["terminate"][-2:] == [("TERMINATE", 2, 5), ("COMPLETED", 2, 5)]
-    # requested while fetching the batch of iteration 2: effective at the end of iteration 2
     assert ("TERMINATE_SINGLE_EPOCH", 1, 2) in ref["terminate_epoch"]
     assert ref["terminate_epoch"][-1] == ("COMPLETED", 2, 6)
     assert ("returned", 6) in ref["interrupt"] and ref["interrupt"][-1] == ("COMPLETED", 2, 8)
     assert ref["epoch_level"][-2:] == [("TERMINATE", 1, 4), ("COMPLETED", 1, 4)]
+    assert ref["epoch_end"][-3:] == [("it", 4), ("TERMINATE", 1, 4), ("COMPLETED", 1, 4)]
+    assert ref["max_iters"][-2:] == [("TERMINATE", 2, 5), ("COMPLETED", 2, 5)]
+    assert ref["consecutive"][:5] == [
+        ("EPOCH_STARTED", 1, 0),
+        ("it", 1),
+        ("TERMINATE_SINGLE_EPOCH", 1, 1),
+        ("EPOCH_COMPLETED", 1, 1),
+        ("EPOCH_STARTED", 2, 1),
+    ]
+    assert ("returned", 2) in ref["consecutive"] and ref["consecutive"][-1] == ("COMPLETED", 2, 5)
 
 
 def _seed_mismatch_job(local_rank):
@@ -179,8 +244,8 @@ def test_different_epoch_lengths_rejected_on_every_rank():
     assert all(m is not None and "same number of iterations" in m for m in msgs), msgs
 
 
-def _exhausted_job(local_rank):
-    n = 3 if idist.get_rank() == 1 else 6  # rank 1's iterator runs dry first
+def _exhausted_job(local_rank, lengths):
+    n = lengths[idist.get_rank()]  # a rank whose iterator runs dry first
     seen = []
     eng = Engine(lambda e, b: b)
     eng.add_event_handler(Events.TERMINATE, lambda e: seen.append(("TERMINATE", e.state.epoch)))
@@ -193,8 +258,43 @@ def _exhausted_job(local_rank):
     return seen
 
 
-def test_exhausted_iterator_on_one_rank_ends_every_rank():
-    results = idist.spawn(_exhausted_job, 2)  # would hang without the agreed end of data
-    # both ranks end the epoch in which rank 1 ran dry, then the run (as Ignite ends a run
+# dry at an epoch's start (no agreement pending); mid-epoch, with the previous iteration's
+# agreement pending (overlapped); on every rank at the same fetch
+@pytest.mark.parametrize("lengths", [(6, 3), (6, 4), (4, 4)])
+def test_exhausted_iterator_on_one_rank_ends_every_rank(lengths):
+    results = idist.spawn(_exhausted_job, 2, args=(lengths,))  # would hang otherwise
+    # both ranks end the epoch in which a rank ran dry, then the run (as Ignite ends a run
     # whose data is exhausted: COMPLETED, no TERMINATE)
     assert results[0] == results[1] == [("COMPLETED", 2)]
+
+
+def _nested_job(local_rank):
+    """An evaluator run inside the trainer's ITERATION_COMPLETED handlers, mid-epoch: its
+    collectives (run agreement, its own agreements, a metric's gather) come while the
+    trainer's overlapped agreement is pending, and a request made on one rank in between
+    still stops both ranks together."""
+    from distengine.metrics import Average
+
+    rank = idist.get_rank()
+    trainer = Engine(lambda e, b: b)
+    evaluator = Engine(lambda e, b: float(b + rank))
+    Average().attach(evaluator, "mean")
+    seen = []
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=2))
+    def evaluate(engine):
+        seen.append((engine.state.iteration, evaluator.run(range(4)).metrics["mean"]))
+
+    if rank == 1:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())
+    trainer.run(range(6), max_epochs=2, seed=0)
+    return seen, trainer.state.iteration
+
+
+def test_nested_run_while_the_agreement_is_pending():
+    results = idist.spawn(_nested_job, 2)
+    assert results[0] == results[1]
+    seen, stopped = results[0]
+    assert stopped == 4  # requested in iteration 3: after iteration 4 on both ranks
+    assert [it for it, _ in seen] == [2, 4]
+    assert [mean for _, mean in seen] == [2.0, 2.0]  # mean over ranks of (0..3) + rank

@@ -53,7 +53,9 @@ def _resumable_job(local_rank, ckpt_dir, stop_at):
 def test_terminate_on_rank_1_checkpoint_new_processes_resume_is_bitwise(tmp_path):
     ref = idist.spawn(_resumable_job, 2, args=(str(tmp_path / "ref"), None))
     first = idist.spawn(_resumable_job, 2, args=(str(tmp_path / "run"), 5))
-    assert [r["iteration"] for r in first] == [5, 5]  # stopped mid-epoch on both ranks
+    # requested in iteration 5 on rank 1: both ranks stop after iteration 6 (the overlapped
+    # agreement), mid-epoch
+    assert [r["iteration"] for r in first] == [6, 6]
     second = idist.spawn(_resumable_job, 2, args=(str(tmp_path / "run"), None))
     assert [r["resumed_from"] for r in second] == [True, True]
     assert [r["iteration"] for r in second] == [14, 14]

@@ -22,6 +22,9 @@ from distengine.handlers.terminate_on_nan import TerminateOnNan
 from distengine.handlers.throughput import ThroughputLogger
 
 NAN_RANK, NAN_ITERATION, EPOCH_LENGTH = 1, 3, 2
+# the request of iteration 3 takes effect on every rank after the next one (the overlapped
+# agreement; iteration 3 is not the last of its epoch)
+STOP_ITERATION = NAN_ITERATION + 1
 
 
 class _Clock:
@@ -75,8 +78,8 @@ def test_handlers_on_two_ranks(tmp_path):
     results = idist.spawn(_job, 2, backend="gloo", args=(out,))
     assert [r["world_size"] for r in results] == [2, 2]
 
-    # A NaN on rank 1 alone stopped both ranks after the iteration that produced it.
-    assert [r["iteration"] for r in results] == [NAN_ITERATION, NAN_ITERATION]
+    # A NaN on rank 1 alone stopped both ranks after the same iteration.
+    assert [r["iteration"] for r in results] == [STOP_ITERATION, STOP_ITERATION]
 
     # Throughput of epoch 1: both ranks' samples over the (fake) per-rank time.
     samples = sum((rank + 2) * EPOCH_LENGTH for rank in range(2))
@@ -89,7 +92,7 @@ def test_handlers_on_two_ranks(tmp_path):
     with open(os.path.join(out, "pbar_rank1.txt")) as f:
         assert f.read() == ""
     with open(os.path.join(out, "log_rank0.csv")) as f:
-        assert len(f.read().splitlines()) == 1 + NAN_ITERATION  # header + one row per iteration
+        assert len(f.read().splitlines()) == 1 + STOP_ITERATION  # header + one row per iteration
     assert os.listdir(os.path.join(out, "tb_rank0"))
     assert not os.path.exists(os.path.join(out, "log_rank1.csv"))
     assert not os.path.exists(os.path.join(out, "tb_rank1"))

@@ -61,7 +61,9 @@ def test_torchrun_job_with_a_rank_asleep_in_a_handler_ends_with_one_report():
         r'hanging_rank\.py", line \d+, in slow_handler\n\s+time\.sleep\(seconds\)', report
     )
     waiting = next(line for line in lines if line.lstrip().startswith("rank 0 ("))
-    assert "is waiting in 'agreement'" in waiting and "iteration 5" in waiting
+    # the agreement overlaps the next iteration: rank 0 started iteration 5's agreement,
+    # ran iteration 6 and waits for it at the end of iteration 6
+    assert "is waiting in 'agreement'" in waiting and "iteration 6" in waiting
     # every other rank said why it ended, in one line, without repeating the report
     assert "rank 0 failed (HangError: ranks [1] did not reach 'agreement'" in out, out
 
@@ -80,6 +82,24 @@ def test_plain_ranks_with_the_store_host_asleep():
     assert "1 of 3 ranks did not arrive: rank 0" in report.splitlines()[0], report
     assert re.search(r"rank 0 \(host .*\) did not arrive: .*iteration 4", report), report
     assert "in slow_handler" in report
+
+
+def test_ranks_blocked_in_a_step_collective_with_the_agreement_pending():
+    """The overlapped agreement is watched while pending: rank 0 blocks in the all_reduce of
+    iteration 6's step (as in DDP's backward), not in the agreement itself, yet the report
+    names rank 1, asleep in a handler of iteration 5, as the rank that did not arrive."""
+    results = run_ranks([SCRIPT, "5", "1", "--allreduce-step"], 2, timeout=60, extra_env=ENV)
+    outs = "\n".join(f"--- rank {r.rank}:\n{r.stderr}" for r in results)
+    assert not any(r.timed_out for r in results), outs
+    assert [r.returncode for r in results] == [FAILURE_EXIT_CODE] * 2, outs
+    elapsed = max(r.ended_at for r in results) - _hang_at(outs)
+    assert elapsed < HANG_TIMEOUT + BOUND, outs
+    report = _one_report(outs)
+    assert "rank 0 waited" in report and "1 of 2 ranks did not arrive: rank 1" in report, report
+    assert re.search(r"rank 1 \(host .*\) did not arrive: .*iteration 5", report), report
+    assert "in slow_handler" in report
+    waiting = next(line for line in report.splitlines() if line.lstrip().startswith("rank 0 ("))
+    assert "is waiting in 'agreement'" in waiting and "iteration 6" in waiting, report
 
 
 def test_a_slow_step_below_the_timeout_is_not_a_hang():

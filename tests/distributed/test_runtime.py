@@ -84,6 +84,13 @@ def _check_runtime(local_rank: int, world: int, tmp: str) -> dict:
     assert idist.agree_flags(4 if r == world - 1 else 0) == 4
     assert idist.agree_flags(1 << r) == (1 << world) - 1
     assert idist.agree_flags(0) == 0
+    # start_agreement: the same OR, read later; several may be pending, each keeps its own
+    first = idist.start_agreement(1 << r)
+    second = idist.start_agreement(8 if r == world - 1 else 0)
+    assert idist.agree_flags(16 if r == 0 else 0) == 16  # a blocking one in between
+    assert second.wait() == 8 and first.wait() == (1 << world) - 1
+    assert first.wait() == (1 << world) - 1 and first.is_completed()  # read again: same
+    assert idist.start_agreement(0).wait() == 0
 
     # check_in_sync: names the first rank that differs from rank 0, the field, both values
     idist.check_in_sync((1, 5), ("epoch", "iteration"))

@@ -254,8 +254,10 @@ def test_preemption_signal_on_one_rank_checkpoints_and_relaunch_resumes(
     assert job.proc.returncode != 0
     assert log.count("exitcode  : 75") + log.count("exitcode: 75") >= 1, log[-3000:]
     ckpts = sorted(p.name for p in (out / "ckpt").glob("*.manifest.json"))
-    assert "checkpoint_11.pt.manifest.json" in ckpts, ckpts  # all ranks stopped after iteration 11
+    # the signal arrived in iteration 11 (not the last of its epoch): all ranks stopped after
+    # iteration 12 (the overlapped agreement)
+    assert "checkpoint_12.pt.manifest.json" in ckpts, ckpts
     job = _run(launch, out, name="relaunch")
     assert job.proc.returncode == 0, job.output()[-3000:]
-    assert _info(out, 0, 0)["resumed_iteration"] == 11
+    assert _info(out, 0, 0)["resumed_iteration"] == 12
     assert _bitwise_equal(_final(out), _final(reference["dropout"]))

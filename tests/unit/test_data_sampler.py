@@ -197,3 +197,139 @@ def test_seeded_dataset_restores_cached_gaussians_exactly():
     assert plain[1][0] == with_read[1][0]
     assert plain[1][1] == with_read[1][1]
     assert torch.equal(plain[1][2], with_read[1][2])
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Draws from the generators named in ``uses`` (for the indices ``when`` accepts) and
+    counts its reads."""
+
+    def __init__(self, uses=(), when=lambda i: True):
+        self.uses, self.when, self.reads = uses, when, 0
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        self.reads += 1
+        draw = self.when(i)
+        return (
+            i,
+            torch.rand(1).item() if draw and "torch" in self.uses else 0.0,
+            random.gauss(0, 1) if draw and "random" in self.uses else 0.0,  # caches one
+            float(np.random.normal()) if draw and "numpy" in self.uses else 0.0,  # caches one
+        )
+
+
+def _batches(ds, keys_per_batch):
+    return [ds.__getitems__(keys) for keys in keys_per_batch]
+
+
+def _caller_draws():
+    return (torch.rand(2).tolist(), random.random(), random.gauss(0, 1), float(np.random.normal()))
+
+
+def _seed_caller(s):
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s)
+    random.gauss(0, 1)  # a Gaussian cached in random and in numpy: must survive a read
+    np.random.normal()
+
+
+BATCHES = [[(5, 1, i) for i in range(j, j + 4)] for j in range(0, 16, 4)]
+
+
+@pytest.mark.parametrize(
+    "uses,when,rereads",
+    [
+        ((), None, 0),
+        (("torch",), None, 0),
+        (("random",), None, 0),
+        (("numpy",), None, 0),
+        (("torch", "random", "numpy"), None, 0),
+        (("random", "torch"), lambda i: i % 5 == 3, 0),  # seen in the first batch (i = 3)
+        (("numpy",), lambda i: i == 9, 4),  # first drawn from in the third batch: read again
+        (("torch", "numpy"), lambda i: i in (14, 15), 4),  # in the last batch
+    ],
+)
+def test_lazy_seeding_gives_the_samples_of_seeding_every_sample(uses, when, rereads):
+    """Whatever a dataset draws, and from whichever batch on, the lazily seeded samples are
+    the eagerly seeded ones, whatever state the caller's generators are in, and the caller's
+    next draws are those it would have made without reading. Every sample is read once,
+    except a batch that draws from a generator not seen drawn from before."""
+    when = when or (lambda i: True)
+    _seed_caller(0)
+    expected = _batches(SeededDataset(_Draws(uses, when), lazy=False), BATCHES)
+    _seed_caller(1)
+    plain = _caller_draws()
+    for caller_seed in (1, 2):  # another caller state: same samples
+        _seed_caller(caller_seed)
+        inner = _Draws(uses, when)
+        ds = SeededDataset(inner)
+        got = _batches(ds, BATCHES)
+        assert got == expected
+        if caller_seed == 1:
+            assert _caller_draws() == plain  # the caller's generators were left as they were
+        assert ds.drawn == set(uses)
+        assert inner.reads == 16 + rereads
+
+
+def test_lazy_seeding_seeds_nothing_for_a_dataset_that_draws_nothing():
+    """No generator is touched: a draw-free dataset reads as fast as the plain one."""
+    ds = SeededDataset(_Draws())
+    _seed_caller(3)
+    before = (torch.default_generator.get_state(), random.getstate(), np.random.get_state())
+    _batches(ds, BATCHES)
+    after = (torch.default_generator.get_state(), random.getstate(), np.random.get_state())
+    assert torch.equal(before[0], after[0]) and before[1] == after[1]
+    assert all(np.array_equal(a, b) for a, b in zip(before[2], after[2]))
+    assert ds.drawn == set()
+
+
+def test_lazy_seeding_in_workers_gives_the_same_samples():
+    from distengine.distributed import auto_dataloader
+
+    def collect(lazy, workers):
+        ds = SeededDataset(_Draws(("torch", "numpy"), lambda i: i > 6), lazy=lazy)
+        loader = auto_dataloader(ds, batch_size=4, num_workers=workers)
+        loader.sampler.set_seed(9)
+        return [[t.tolist() for t in b] for b in loader]
+
+    assert collect(True, 0) == collect(True, 2) == collect(False, 0) == collect(False, 2)
+
+
+def test_eager_seeding_covers_draws_whose_state_is_put_back():
+    """A read that draws inside torch.random.fork_rng() leaves no trace for the lazy check;
+    with lazy=False its draws are still a function of the key."""
+
+    class Forked(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            with torch.random.fork_rng(devices=[]):
+                return torch.rand(1).item()
+
+    ds = SeededDataset(Forked(), lazy=False)
+    torch.manual_seed(1)
+    a = ds.__getitems__([(0, 0, 1), (0, 0, 2)])
+    torch.manual_seed(2)
+    assert ds.__getitems__([(0, 0, 1), (0, 0, 2)]) == a
+    with pytest.raises(TypeError, match="lazy must be a bool, got int"):
+        SeededDataset(Forked(), lazy=1)
+
+
+@pytest.mark.parametrize("uses", [("random",), ("numpy",), ("torch",)])
+def test_lazy_seeding_sees_a_draw_that_only_takes_a_cached_gaussian(uses):
+    """One Gaussian per sample, batches of one: with the caller holding a cached Gaussian,
+    the first read only takes that cached value (the generator's words do not move)."""
+    ds_eager = SeededDataset(_Draws(uses), lazy=False)
+    ds_lazy = SeededDataset(_Draws(uses))
+    one_by_one = [[(5, 1, i)] for i in range(3)]
+    _seed_caller(4)
+    if "torch" in uses:
+        torch.randn(1)  # torch caches no Gaussian for a single value; its state moves
+    expected = _batches(ds_eager, one_by_one)
+    _seed_caller(4)
+    assert _batches(ds_lazy, one_by_one) == expected
+    assert ds_lazy.drawn == set(uses)

@@ -114,6 +114,45 @@ def test_collectives_that_keep_completing_are_not_a_hang():
     assert not store.check([hangs.HANG_AT])
 
 
+class _Work:
+    """The one member of a collective's work object that the watchdog reads."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def is_completed(self) -> bool:
+        return self.done
+
+
+def test_a_started_agreement_is_waited_in_only_until_its_work_completes():
+    w = hangs.InFlight()
+    work = _Work()
+    w.seq, w.name, w.work = 3, "agreement", work  # what start_agreement leaves
+    assert w.waiting_in() == "agreement"
+    assert hangs.where_record(0, in_flight=w)["collective"]["name"] == "agreement"
+    work.done = True  # every rank started it: nothing is waited for any more
+    assert w.waiting_in() is None
+    assert hangs.where_record(0, in_flight=w)["collective"] is None
+    # ... for longer than the timeout: not a hang
+    store = dist.HashStore()
+    exits = _Exits()
+    dog = _dog(store, 0, w, exits, hang_timeout=0.3)
+    dog.start()
+    time.sleep(0.8)
+    dog.stop()
+    assert exits.codes == []
+    assert not store.check([hangs.HANG_AT])
+    # a pending one that never completes is one
+    w.seq, w.work = 4, _Work()
+    dog = _dog(store, 0, w, exits, hang_timeout=0.3)
+    dog.start()
+    try:
+        assert exits.done.wait(10)
+    finally:
+        dog.stop()
+    assert exits.codes == [FAILURE_EXIT_CODE]
+
+
 def test_hang_detection_off():
     store = dist.HashStore()
     w = hangs.InFlight()

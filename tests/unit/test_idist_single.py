@@ -52,6 +52,8 @@ def test_collectives_are_no_ops():
 
 def test_agreement_without_launcher():
     assert idist.agree_flags(0b10110) == 0b10110
+    pending = idist.start_agreement(0b101)
+    assert pending.is_completed() and pending.wait() == 0b101
     idist.check_in_sync((1, 2), ("epoch", "iteration"))
     idist.rendezvous_check("unit/1", timeout=1)
     idist.notify_failure(ValueError("alone: nothing to notify"))
@@ -67,6 +69,8 @@ def test_agreement_without_launcher():
         (lambda: idist.broadcast(1, src=1), ValueError, r"src must be a rank in \[0, 1\), got 1"),
         (lambda: idist.agree_flags(1.0), TypeError, "flags must be an int, got float"),
         (lambda: idist.agree_flags(-1), ValueError, "got -1"),
+        (lambda: idist.start_agreement(True), TypeError, "flags must be an int, got bool"),
+        (lambda: idist.start_agreement(2**63), ValueError, r"flags must be in \[0, 2\*\*63\)"),
         (lambda: idist.check_in_sync((1,), ("a", "b")), ValueError, "1 values and 2 names"),
         (lambda: idist.check_in_sync((1.5,), ("a",)), TypeError, "a=1.5"),
         (lambda: idist.rendezvous_check("", 1), ValueError, "non-empty str"),
