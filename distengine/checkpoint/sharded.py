@@ -146,6 +146,8 @@ def find_parts(to_save: Mapping[str, Any], sharded: bool = False) -> list[Part]:
     """
     leaves = list(_leaves(to_save))
     models = _models(to_save)
+    for m in models:
+        dsh.reshard(m)  # after an evaluation the root's gathered parameters are registered
     parts: list[Part] = []
     for path, obj in leaves:
         if rank_state_only(obj):
@@ -262,6 +264,8 @@ def load_deferred(
         )
     kinds, metadata = meta.get("objects", {}), meta.get("metadata")
     models = _models(to_load)
+    for m in models:
+        dsh.reshard(m)
     parts = [_deferred_part(obj, key, kinds.get(key), models, path) for obj, key, path in deferred]
     try:
         written = files_of(metadata)

@@ -50,6 +50,7 @@ __all__ = [
     "module_is_sharded",
     "optimizer_is_sharded",
     "optimizer_state",
+    "reshard",
     "save_state",
     "shard_model",
     "stage",
@@ -137,13 +138,34 @@ def module_is_sharded(module: torch.nn.Module) -> bool:
         >>> module_is_sharded(torch.nn.Linear(1, 1))
         False
     """
-    if intends_sharding(module):
+    if intends_sharding(module) or _is_fsdp(module):
         return True
     if "torch.distributed.tensor" not in sys.modules:
         return False
     return any(is_dtensor(t) for t in module.parameters()) or any(
         is_dtensor(t) for t in module.buffers()
     )
+
+
+def _is_fsdp(module: Any) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
+
+
+def reshard(module: torch.nn.Module) -> None:
+    """Puts back the sharded parameters of every FSDP unit of ``module`` (local, no
+    communication). After a forward without backward (an evaluation) FSDP leaves the
+    root's parameters gathered, as plain tensors that are not the optimizer's; state is
+    read from the sharded ones.
+
+    Example:
+        >>> reshard(torch.nn.Linear(1, 1))  # nothing to do for a model that is not sharded
+    """
+    if "torch.distributed.fsdp" not in sys.modules:
+        return
+    for m in module.modules():
+        if _is_fsdp(m):
+            m.reshard()
 
 
 def optimizer_is_sharded(optimizer: torch.optim.Optimizer) -> bool:

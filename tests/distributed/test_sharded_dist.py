@@ -111,6 +111,12 @@ def _save_job(local_rank: int, d: str, s3: tuple[str, dict], out: str) -> dict:
     trainer = _trainer(model, opt)
     to_save = {"model": model, "optimizer": opt, "trainer": trainer}
     url, options = s3
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def evaluate(_):  # a forward without backward leaves FSDP's root parameters gathered
+        with torch.no_grad():
+            model(torch.ones(2, 5))
+
     for target in (d, DiskSaver(url, require_empty=False, **options)):
         trainer.add_event_handler(
             Events.ITERATION_COMPLETED, Checkpoint(to_save, target, n_saved=2)

@@ -95,7 +95,11 @@ def test_accuracy_agrees_with_ignite(kind):
 @pytest.mark.parametrize(
     ("output", "error", "match"),
     [
-        ((torch.rand(4, 3), torch.randint(0, 3, (4, 2))), ValueError, "must have compatible shapes"),
+        (
+            (torch.rand(4, 3), torch.randint(0, 3, (4, 2))),
+            ValueError,
+            "must have compatible shapes",
+        ),
         ((torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))), ValueError, r"y must have shape"),
         ((torch.tensor([0.5, 1.0]), torch.tensor([0, 1])), ValueError, "only 0s and 1s"),
         (([0, 1], torch.tensor([0, 1])), TypeError, "tensors, got list and Tensor"),
