@@ -23,15 +23,18 @@ lies where, in plain data). ``docs/checkpoints.md`` has the protocol.
 
 **Loading** (:func:`load_deferred`) builds each object's own state (DTensors for a sharded
 model, on this rank's shards), has DCP fill it from the files (only the chunks this rank
-needs, from files verified against the manifest's digests), and loads it into the object:
+needs, each chunk checked against its own SHA-256, which the payload records and the
+manifest vouches for), and loads it into the object:
 a checkpoint saved at world size N loads at world size M, into sharded or whole models.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
@@ -273,18 +276,19 @@ def load_deferred(
         raise CheckpointIntegrityError(
             f"{storage.url}: damaged sharded-state metadata in the payload: {e}"
         ) from None
-    open_file = _opener(storage, manifest, written)
+    read_file = _reader(storage, manifest, written)
     targets = {p.key: part_state(p) for p in parts}
-    dsh.load_state(targets, metadata, open_file, strict=strict, group=dsh.io_group())
+    dsh.load_state(targets, metadata, read_file, strict=strict, group=dsh.io_group())
     for p in parts:
         apply_part(p, targets[p.key], strict)
 
 
-def _opener(
+def _reader(
     storage: Storage, manifest: Manifest | None, written: dict[str, FileEntry]
-) -> Callable[[str], BinaryIO]:
-    """``open_file(name)`` for the DCP reader: a file of the checkpoint, verified against
-    the manifest's size and SHA-256 before a byte of it is used."""
+) -> Callable[[str, list[tuple[int, int, str, Any]], Callable[[int, memoryview], None]], None]:
+    """``read_file(name, spans, on_span)`` for the DCP reader: ranged reads of a file of the
+    checkpoint, each span checked against its SHA-256 (recorded in the payload, which the
+    manifest vouches for) before it is handed over."""
     if manifest is not None:
         for name, entry in written.items():
             if manifest.files.get(name) != entry:
@@ -298,17 +302,52 @@ def _opener(
                     )
                 )
 
-    def open_file(name: str) -> BinaryIO:
-        entry = written.get(name)
-        if entry is None:
+    def read_file(
+        name: str,
+        spans: list[tuple[int, int, str, Any]],
+        on_span: Callable[[int, memoryview], None],
+    ) -> None:
+        if name not in written:
             raise CheckpointIntegrityError(
                 f"{storage.url_of(name)}: not a file of this checkpoint (metadata damaged)"
             )
-        if manifest is None:
-            return storage.open_read(name)
-        try:
-            return storage.open_verified(name, size=entry.size, sha256=entry.sha256)
-        except FileNotFoundError:
-            raise CheckpointIntegrityError(f"{storage.url_of(name)}: missing") from None
 
-    return open_file
+        def verify(i: int, got: str) -> None:
+            start, length, sha256, _ = spans[i]
+            if got != sha256:
+                raise CheckpointIntegrityError(
+                    f"{storage.url_of(name)}: SHA-256 mismatch in bytes {start}-{start + length} "
+                    f"(the payload says {sha256}, the content is {got})"
+                )
+
+        # A span read into its own buffer (a target tensor) is hashed on a helper thread
+        # while the next span is read; one in a reused buffer is hashed at once.
+        pending: list[tuple[int, memoryview, Future]] = []
+
+        def settle() -> None:
+            while pending:
+                i, view, digest = pending.pop()
+                verify(i, digest.result())
+                on_span(i, view)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distengine-sha256") as pool:
+
+            def check(i: int, view: memoryview) -> None:
+                settle()
+                if spans[i][3] is not None:
+                    pending.append((i, view, pool.submit(_sha256, view)))
+                else:
+                    verify(i, _sha256(view))
+                    on_span(i, view)
+
+            try:
+                storage.read_ranges(name, [(start, n, into) for start, n, _, into in spans], check)
+            except FileNotFoundError:
+                raise CheckpointIntegrityError(f"{storage.url_of(name)}: missing") from None
+            settle()
+
+    return read_file
+
+
+def _sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
