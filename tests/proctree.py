@@ -6,10 +6,25 @@ group is not enough: the tests collect the whole tree from /proc, then kill ever
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
-__all__ = ["descendants", "kill_tree"]
+__all__ = ["child_context", "descendants", "kill_tree"]
+
+
+def child_context() -> multiprocessing.context.BaseContext:
+    """A multiprocessing context for test children: ``forkserver``, with torch and distengine
+    preloaded in the server.
+
+    Plain ``fork`` from the pytest process is not safe once it runs threads (torch's thread
+    pools, storage-call watchdogs, a loopback S3 server): a forked child can abort in a
+    C++ thread constructor ("terminate called after throwing ... std::system_error").
+    The fork server is a single-threaded process, so its children start clean and fast.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "distengine"])
+    return ctx
 
 
 def descendants(pid: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Resumable, sharded sampling and per-sample seeding (DESIGN.md contracts 2 and 3)."""
+"""Resumable, sharded sampling and per-sample seeding (docs/contracts.md, contracts 2 and 3)."""
 
 from distengine.data.sampler import ResumableDistributedSampler
 from distengine.data.seeded import SeededDataset

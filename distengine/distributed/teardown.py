@@ -1,6 +1,6 @@
 """Releasing the DDP modules distengine created, so that the process group can really die.
 
-Why (torch 2.13, gloo; see PLATFORM_NOTES.md "Exit-time abort"): gloo runs collectives on
+Why (torch 2.13, gloo; docs/internals.md, "Platform facts": exit-time abort): gloo runs collectives on
 its own worker threads. A bucket all-reduce that DDP launches during ``backward`` captures
 the autograd thread-local state, which holds a Python object (the ``contextvars`` context
 that ``torch.autograd`` stashes for the backward pass). A worker thread drops its

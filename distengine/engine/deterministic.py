@@ -67,8 +67,8 @@ def keep_random_state(func: Callable) -> Callable:
         >>> @keep_random_state
         ... def draw():
         ...     return torch.rand(1)
-        >>> torch.manual_seed(0); _ = draw(); a = torch.rand(1)
-        >>> torch.manual_seed(0); b = torch.rand(1)
+        >>> _ = torch.manual_seed(0); _ = draw(); a = torch.rand(1)
+        >>> _ = torch.manual_seed(0); b = torch.rand(1)
         >>> torch.equal(a, b)
         True
     """

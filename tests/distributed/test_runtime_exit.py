@@ -1,4 +1,4 @@
-"""A finished DDP job exits 0 every time (PLATFORM_NOTES.md: exit-time abort on torch 2.13).
+"""A finished DDP job exits 0 every time (docs/internals.md, "Platform facts": exit-time abort on torch 2.13).
 
 The abort comes from gloo worker threads releasing a backward-pass work after interpreter
 finalization started, so besides requiring exit status 0 on every run, each rank checks

@@ -1,4 +1,4 @@
-"""Exact resume across process restarts (DESIGN.md contracts 7 and 8), end to end.
+"""Exact resume across process restarts (docs/contracts.md, contracts 7 and 8), end to end.
 
 A small job (tests/e2e/scripts/train_job.py: 96 samples, global batch 12 -> 8 iterations
 per epoch, 3 epochs, a checkpoint every 3 iterations, dropout and random augmentation)

@@ -9,11 +9,11 @@ with distinct names, a fixed name (``{name}_last.{ext}``) and scores that format
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 
 import pytest
 import torch
+from proctree import child_context
 from torch import nn
 
 from distengine.checkpoint import Storage, faults, list_checkpoints
@@ -71,9 +71,7 @@ def _child(url: str, options: dict, naming: str, phase: str) -> None:
 
 
 def _killed_during_second_save(url: str, options: dict, naming: str, phase: str) -> None:
-    proc = multiprocessing.get_context("fork").Process(
-        target=_child, args=(url, options, naming, phase)
-    )
+    proc = child_context().Process(target=_child, args=(url, options, naming, phase))
     proc.start()
     proc.join(timeout=60)
     if proc.is_alive():

@@ -5,13 +5,13 @@ a directory with old checkpoints saves its own, NaN scores rank last."""
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import threading
 import warnings
 
 import pytest
 import torch
+from proctree import child_context
 from torch import nn
 
 from distengine.checkpoint import (
@@ -176,7 +176,7 @@ def test_two_jobs_in_one_directory_real_processes(tmp_path):
     """Item 3 with two real processes: the job that joined second stops with a clear
     error naming the directory and the other run; the first finishes."""
     d = str(tmp_path)
-    ctx = multiprocessing.get_context("fork")
+    ctx = child_context()
     turns = (ctx.Barrier(2), ctx.Barrier(2))
     results = ctx.Queue()
     procs = [ctx.Process(target=_two_process_job, args=(r, d, turns, results)) for r in (0, 1)]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
 import pytest
 import torch
+from proctree import child_context
 from torch import nn
 
 from distengine.checkpoint import (
@@ -241,7 +241,7 @@ def _uploads(url: str, options: dict) -> list[str]:
 def test_unfinished_multipart_upload_of_a_killed_save_is_aborted_by_the_next(s3_server):
     url = s3_server.url("multipart")
     opts = {**s3_server.storage_options, "default_block_size": 5 * 2**20}
-    proc = multiprocessing.get_context("fork").Process(target=_killed_mid_upload, args=(url, opts))
+    proc = child_context().Process(target=_killed_mid_upload, args=(url, opts))
     proc.start()
     proc.join(timeout=60)
     if proc.is_alive():

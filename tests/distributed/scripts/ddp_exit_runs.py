@@ -5,7 +5,7 @@
 Each rank is a child forked from this launcher, which imports torch once, so a run costs
 the job and not the import. A child leaves through ``sys.exit(0)``: the full interpreter
 shutdown (atexit hooks, finalization) where torch 2.13 can abort with "terminate called
-without an active exception" (PLATFORM_NOTES.md). Run ``i`` ends the job in one of three
+without an active exception" (docs/internals.md, "Platform facts"). Run ``i`` ends the job in one of three
 ways, by ``i % 3``: ``idist.finalize()``; nothing (distengine's exit hook finalizes); inside
 ``with idist.Parallel() as p: p.run(...)`` (which initializes and finalizes under a launcher).
 
