@@ -230,8 +230,14 @@ def shard_model(
             f"{rt.backend!r} (on CPU ranks, keep the model on CPU)"
         )
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        raise RuntimeError(
+            f"sharding='fsdp' needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); "
+            f"this is torch {torch.__version__}"
+        ) from None
     if isinstance(model, FSDPModule):
         _intent.add(model)
         return model
