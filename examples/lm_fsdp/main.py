@@ -11,11 +11,12 @@ Commands (from the repository root):
 
     # killed and resumed: torchrun restarts the ranks, the job continues from the newest
     # verified sharded checkpoint (bitwise identical to an uninterrupted run)
-    MAX_RESTARTS=1 bash launchers/cpu.sh 2 examples/lm_fsdp/main.py --epochs 3 --kill-at-iteration 50
+    MAX_RESTARTS=1 bash launchers/cpu.sh 2 examples/lm_fsdp/main.py --epochs 3 \
+        --kill-at-iteration 50 --output-dir runs/lm_killed
 
-    # resume the same run on 3 ranks: the checkpoint reshards, every sample of the
+    # the same run goes on on 3 ranks: the checkpoint reshards, every sample of an
     # interrupted pass is trained on exactly once
-    bash launchers/cpu.sh 3 examples/lm_fsdp/main.py --epochs 4
+    bash launchers/cpu.sh 3 examples/lm_fsdp/main.py --epochs 4 --output-dir runs/lm_killed
 
     # one GPU node, every GPU (NCCL), bf16 parameters with fp32 gradient reduction, a larger model
     bash launchers/single_node.sh examples/lm_fsdp/main.py --d-model 512 --layers 8 --heads 8 \
