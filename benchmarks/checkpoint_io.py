@@ -218,7 +218,10 @@ def _sharded_job(local_rank: int, mb: int, repeat: int, d: str) -> list[tuple[st
     for i in range(2 * repeat):
         engine.state.iteration = i + 1
         runs = [
-            (plain, lambda: dcp.save(plain_state(), checkpoint_id=os.path.join(d, f"plain_{i}"))),
+            (
+                plain,
+                lambda i=i: dcp.save(plain_state(), checkpoint_id=os.path.join(d, f"plain_{i}")),
+            ),
             (ours, lambda: handler(engine)),
         ]
         for times, fn in runs if i % 2 == 0 else runs[::-1]:
