@@ -15,7 +15,14 @@ It prints one markdown table:
   goes on in the background), relative to the sync save time;
 - load: ``Checkpoint.load_objects`` (reads, verifies the digest, loads into the
   objects) vs ``torch.load`` + ``load_state_dict``;
-- S3: save and load through s3fs against a moto server on loopback.
+- S3: save and load through s3fs against a moto server on loopback;
+- sharded (``--sharded-mb``, 2 gloo ranks, an FSDP2 model + AdamW state): ``Checkpoint``
+  (every rank writes its shards through DCP into its own file, SHA-256 while writing, the
+  manifest committed after all are durable) vs a plain ``dcp.save`` with DCP's
+  ``FileSystemWriter`` (fsync, no digests) of the same state, alternated; the loads
+  (``Checkpoint.load_objects``: digests verified, resharding planner) vs ``dcp.load`` +
+  ``set_state_dict``; and the async stall (call + slowdown of the training steps run
+  during the background write, on every rank) against the sync save time.
 
 Each figure is the median of ``--repeat`` runs.
 """
@@ -161,6 +168,132 @@ def s3_rows(objs, size: int, repeat: int) -> list[tuple[str, str]]:
     ]
 
 
+def _barrier_time(fn) -> float:
+    """Wall time of a collective operation: from a barrier before it to one after it."""
+    import distengine.distributed as idist
+
+    idist.barrier()
+    start = time.perf_counter()
+    fn()
+    idist.barrier()
+    return time.perf_counter() - start
+
+
+def _sharded_job(local_rank: int, mb: int, repeat: int, d: str) -> list[tuple[str, str]]:
+    """One rank of the sharded rows (run by ``idist.spawn`` on 2 ranks)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    import distengine.distributed as idist
+
+    torch.set_num_threads(1)
+    width = 2048
+    n_layers = max(1, round(mb * 1e6 / 3 / 4 / (width * width)))
+    torch.manual_seed(0)
+    model = idist.auto_model(
+        nn.Sequential(*[nn.Linear(width, width) for _ in range(n_layers)]), sharding="fsdp"
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, width)).sum().backward()
+    opt.step()
+    engine = Engine(lambda e, b: None)
+    local = sum(
+        t.to_local().numel() * t.element_size()
+        for t in list(model.parameters())
+        + [v for st in opt.state.values() for v in st.values() if v.dim() > 0]
+    )
+    size = sum(idist.all_gather(local))
+    to_save = {"model": model, "optimizer": opt, "trainer": engine}
+    handler = Checkpoint(to_save, DiskSaver(os.path.join(d, "ours")), n_saved=None)
+
+    def plain_state() -> dict:
+        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+    plain, ours = [], []
+    for i in range(2 * repeat):
+        engine.state.iteration = i + 1
+        runs = [
+            (
+                plain,
+                lambda i=i: dcp.save(plain_state(), checkpoint_id=os.path.join(d, f"plain_{i}")),
+            ),
+            (ours, lambda: handler(engine)),
+        ]
+        for times, fn in runs if i % 2 == 0 else runs[::-1]:
+            times.append(_barrier_time(fn))
+    t_plain, t_ours = statistics.median(plain), statistics.median(ours)
+    latest = handler.last_checkpoint
+
+    def plain_load() -> None:
+        state = plain_state()
+        dcp.load(state, checkpoint_id=os.path.join(d, "plain_0"))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+
+    plain, ours = [], []
+    for i in range(2 * repeat):
+        runs = [
+            (plain, plain_load),
+            (ours, lambda: Checkpoint.load_objects({"model": model, "optimizer": opt}, latest)),
+        ]
+        for times, fn in runs if i % 2 == 0 else runs[::-1]:
+            times.append(_barrier_time(fn))
+    t_plain_load, t_load = statistics.median(plain), statistics.median(ours)
+
+    handler = Checkpoint(to_save, DiskSaver(os.path.join(d, "async")), n_saved=1, async_save=True)
+    steps = max(1, round(t_ours / median_time(lambda: train_steps(1), 3)))
+    calls, extras = [], []
+    for i in range(2 * repeat):
+        baseline = _barrier_time(lambda: train_steps(steps))
+        engine.state.iteration = 1000 + i
+        calls.append(_barrier_time(lambda: handler(engine)))
+        extras.append(_barrier_time(lambda: train_steps(steps)) - baseline)
+        handler.wait()
+    t_call, t_extra = statistics.median(calls), max(0.0, statistics.median(extras))
+    return [
+        ("sharded: state size (2 ranks, FSDP2 + AdamW)", f"{size / 1e6:.0f} MB"),
+        (
+            "sharded: dcp.save (FileSystemWriter, fsync)",
+            f"{size / t_plain / 1e6:.0f} MB/s ({t_plain:.2f} s)",
+        ),
+        (
+            "sharded: Checkpoint save (per-rank files, SHA-256, manifest)",
+            f"{size / t_ours / 1e6:.0f} MB/s ({t_ours:.2f} s)",
+        ),
+        ("sharded: save throughput vs dcp.save (target >= 0.8x)", f"{t_plain / t_ours:.2f}x"),
+        (
+            "sharded: dcp.load + set_state_dict",
+            f"{size / t_plain_load / 1e6:.0f} MB/s ({t_plain_load:.2f} s)",
+        ),
+        (
+            "sharded: Checkpoint.load_objects (verify SHA-256, reshard planner)",
+            f"{size / t_load / 1e6:.0f} MB/s ({t_load:.2f} s)",
+        ),
+        ("sharded: load throughput vs dcp.load (target >= 0.8x)", f"{t_plain_load / t_load:.2f}x"),
+        ("sharded async: call (copy shards to CPU, agree)", f"{t_call * 1e3:.0f} ms"),
+        (
+            f"sharded async: slowdown of {steps} training steps during the write",
+            f"{t_extra * 1e3:.0f} ms",
+        ),
+        (
+            "sharded async stall / sync save time (target <= 10%)",
+            f"{(t_call + t_extra) / t_ours:.1%}",
+        ),
+    ]
+
+
+def sharded_rows(mb: int, repeat: int, base: str | None) -> list[tuple[str, str]]:
+    import distengine.distributed as idist
+
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        return idist.spawn(_sharded_job, 2, backend="gloo", args=(mb, repeat, d))[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=200, help="model + optimizer state size (MB)")
@@ -169,7 +302,20 @@ def main() -> None:
         "--dir", default=None, help="directory on the disk to test (default: a temp dir)"
     )
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument(
+        "--sharded-mb",
+        type=int,
+        default=200,
+        help="state size of the sharded rows (2 ranks); 0: no sharded rows",
+    )
+    parser.add_argument("--only-sharded", action="store_true", help="print the sharded rows only")
     args = parser.parse_args()
+    if args.only_sharded:
+        rows = sharded_rows(args.sharded_mb, args.repeat, args.dir)
+        print("| measurement | result |\n| --- | --- |")
+        for name, value in rows:
+            print(f"| {name} | {value} |")
+        return
 
     objs = build(args.mb)
     size = state_bytes(objs[0], objs[1])
@@ -240,6 +386,8 @@ def main() -> None:
     ]
     if not args.no_s3:
         rows += s3_rows(objs, size, args.repeat)
+    if args.sharded_mb > 0:
+        rows += sharded_rows(args.sharded_mb, args.repeat, args.dir)
     print("| measurement | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -51,6 +51,7 @@ class CheckpointConfig:
     greater_or_equal: bool = False
     save_on_rank: int = 0
     async_save: bool = False
+    sharded: bool = False
     ext: str = "pt"
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class CheckpointConfig:
             )
         if self.filename_pattern is not None:
             check_pattern(self.filename_pattern, self.filename_prefix, ext=self.ext)
-        for flag in ("include_self", "greater_or_equal", "async_save"):
+        for flag in ("include_self", "greater_or_equal", "async_save", "sharded"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} should be a bool, got {getattr(self, flag)!r}")
         world = idist.get_world_size()

@@ -18,10 +18,25 @@ has the reasoning):
    rolled back when a background write fails.
 
 The target is where files go: a directory (``DiskSaver``: manifests, run identity,
-crash-safe names, retention from storage) or any Ignite save handler. A sharded target
-(every rank writes its own files; one manifest listing all of them is committed last,
-after every rank's files are durable) fits between steps 5 and 7: its per-rank writes
-join step 6, their file digests are gathered, and the writing rank commits the manifest.
+crash-safe names, retention from storage) or any Ignite save handler.
+
+**Sharded state** (``checkpoint/sharded.py``: FSDP models, their optimizers) replaces step
+6 with a write by every rank, into a directory target only:
+
+6a. every rank takes the sharded objects' state; the writing rank lists the directory,
+    picks the payload name and the per-rank file names and records the intent; one
+    all-gather shares the names, each rank's per-rank state and any error (so every rank
+    raises together, before anything is written);
+6b. every rank writes its shards into its own file through DCP (a collective; a replicated
+    tensor is written once); DCP's own gather brings every file's size and SHA-256 to
+    every rank, once every file is durable;
+6c. the writing rank writes the payload (the other objects, per-rank state, where each
+    shard lies) and commits the manifest listing every file.
+
+With ``async_save`` every rank copies its shards to CPU, the ranks agree that all copies
+succeeded, and 6b-6c run on a background thread of each rank (DCP on a gloo group of its
+own): the manifest, and with it ``latest`` and retention, advance only once every file is
+durable.
 """
 
 from __future__ import annotations
@@ -41,15 +56,33 @@ from distengine.checkpoint.identity import Identity, new_session, run_of
 from distengine.checkpoint.ledger import SessionLedger
 from distengine.checkpoint.plan import SavePlan, basename, make_plan
 from distengine.checkpoint.policy import Item, rank
+from distengine.checkpoint.sharded import (
+    Part,
+    description,
+    files_of,
+    find_parts,
+    markers,
+    part_state,
+    shard_names,
+)
 from distengine.checkpoint.shared import ensure_shared
 from distengine.checkpoint.state import (
+    RESERVED_KEY,
     build_payload,
+    check_weights_only,
     has_rank_state,
     rank_state_only,
     snapshot,
     tree_state_dict,
 )
-from distengine.checkpoint.writer import DirectoryWriter, SaveRequest, SaveResult, WriterSession
+from distengine.checkpoint.writer import (
+    DirectoryWriter,
+    PendingSave,
+    SaveRequest,
+    SaveResult,
+    WriterSession,
+)
+from distengine.distributed import sharded as dsh
 
 __all__ = ["CallableTarget", "CollectiveSave", "DirectoryTarget", "target_for"]
 
@@ -79,7 +112,30 @@ class DirectoryTarget:
 
     def write(self, plan: SavePlan, payload: Any, retry: tuple = ()) -> SaveResult:
         request = SaveRequest(plan.filename, payload, dict(plan.fields), plan.remove, retry)
-        return self.writer.save(WriterSession(plan.identity, self.ledger), request)
+        return self.writer.save(self._session(plan), request)
+
+    # a checkpoint with per-rank files: begin (names, intent), the files, then complete
+    def begin(self, plan: SavePlan, world_size: int, retry: tuple = ()) -> PendingSave:
+        request = SaveRequest(plan.filename, None, dict(plan.fields), plan.remove, retry)
+        return self.writer.begin(
+            self._session(plan), request, lambda name: shard_names(name, world_size)
+        )
+
+    def complete(
+        self, plan: SavePlan, pending: PendingSave, payload: Any, files: dict
+    ) -> SaveResult:
+        return self.writer.complete(self._session(plan), pending, payload, files)
+
+    def abandon(self, pending: PendingSave, error: BaseException) -> None:
+        self.writer.abandon(pending, error)
+
+    def write_file(self, name: str, produce: Callable) -> tuple[int, str]:
+        """Writes one per-rank file (atomic, hashed, bounded); returns its size and SHA-256."""
+        info = self.writer.storage.write(name, produce, atomic=self.writer.atomic)
+        return info.size, info.sha256
+
+    def _session(self, plan: SavePlan) -> WriterSession:
+        return WriterSession(plan.identity, self.ledger)
 
     def url_of(self, name: str) -> Any:
         return self.handler.url_of(name)
@@ -160,6 +216,7 @@ class CollectiveSave:
         self._pending: SaveResult | None = None
         self._unremoved: list = []  # writer: (manifest, files) whose removal failed
         self._staging: Any = None  # writer, async: the last copy written in the background
+        self._staged_shards: Any = None  # every rank, async: the last copy of its shards
 
     # --- retention state -----------------------------------------------------------------
     def reset(self) -> None:
@@ -194,6 +251,8 @@ class CollectiveSave:
         handshake("save")
         self.target.prepare(cfg.save_on_rank)
         is_writer = idist.get_rank() == cfg.save_on_rank
+        if not is_writer:
+            self._finish_peer_write()
         plan, cause = self._plan(engine, to_save, trainer) if is_writer else (None, None)
         plan = broadcast_from(plan, src=cfg.save_on_rank)
         if plan.previous_failed and self._rollback is not None:
@@ -210,12 +269,17 @@ class CollectiveSave:
             self.saved = kept
             return False
         rank_keys = [k for k, obj in to_save.items() if has_rank_state(obj)]
-        per_rank = (
-            gather_to_all({k: to_save[k].rank_state_dict() for k in rank_keys}) if rank_keys else []
-        )
+        parts = find_parts(to_save, cfg.sharded)
         outcome: tuple[str | None, bool, str | None] = (None, False, None)
         error: BaseException | None = None
-        if is_writer:
+        if parts:
+            outcome, error = self._write_sharded(plan, to_save, parts, rank_keys)
+        per_rank = (
+            gather_to_all({k: to_save[k].rank_state_dict() for k in rank_keys})
+            if rank_keys and not parts
+            else []
+        )
+        if is_writer and not parts:
             try:
                 outcome = (None, False, self._write(plan, to_save, rank_keys, per_rank))
             except Exception as e:
@@ -324,6 +388,182 @@ class CollectiveSave:
         self._writer.submit(lambda: self._background(plan, copy, retry))
         return None
 
+    # --- sharded state: every rank writes ------------------------------------------------
+    def _write_sharded(
+        self, plan: SavePlan, to_save: Mapping[str, Any], parts: list[Part], rank_keys: list[str]
+    ) -> tuple[tuple[str | None, bool, str | None], BaseException | None]:
+        """Steps 6a-6c (module docstring) on every rank; returns the writer's outcome.
+
+        Errors every rank sees alike (a rank failed to take or copy its state, DCP failed
+        on some rank) raise here on every rank; what only the writer sees (the payload or
+        the manifest could not be written) is its outcome, broadcast by the caller.
+        """
+        cfg = self.config
+        world, me = idist.get_world_size(), idist.get_rank()
+        is_writer = me == cfg.save_on_rank
+        target = self.target
+        if not isinstance(target, DirectoryTarget):
+            raise TypeError(
+                f"{[p.key for p in parts]} hold sharded state, which every rank writes into a "
+                "checkpoint directory: give Checkpoint a directory (a path, a URL or a "
+                f"DiskSaver), not {type(getattr(target, 'handler', target)).__name__}"
+            )
+        # 6a: every rank's state, the writer's names and intent, agreed in one gather
+        local_error, states = None, None
+        try:
+            states = {p.key: part_state(p) for p in parts}
+            check_weights_only(states, "sharded state")
+            rank_state = {k: to_save[k].rank_state_dict() for k in rank_keys}
+        except Exception as e:
+            local_error, rank_state = f"rank {me}: {type(e).__name__}: {e}", {}
+        pending, payload, names, writer_error = None, None, None, None
+        if is_writer and local_error is None:
+            try:
+                payload = self._sharded_payload(plan, to_save, parts)
+                retry, self._unremoved = tuple(self._unremoved), []
+                pending = target.begin(plan, world, retry)
+                names = shard_names(pending.payload_name, world)
+            except Exception as e:
+                writer_error = e
+        signature = [(p.key, p.kind) for p in parts]
+        gathered = gather_to_all(
+            (
+                rank_state,
+                signature,
+                local_error,
+                names,
+                _describe(writer_error),
+                isinstance(writer_error, CheckpointConflictError),
+            )
+        )
+        errors = [g[2] for g in gathered if g[2] is not None]
+        signatures = {repr(g[1]) for g in gathered}
+        if len(signatures) > 1:
+            errors.append(
+                "ranks disagree on which objects hold sharded state: "
+                + "; ".join(f"rank {r}: {g[1]}" for r, g in enumerate(gathered))
+            )
+        w = gathered[cfg.save_on_rank]
+        if w[4] is not None:
+            errors.append(f"rank {cfg.save_on_rank}: {w[4]}")
+        if errors:
+            if pending is not None:
+                target.abandon(pending, RuntimeError(errors[0]))
+            raise _error_class(w[5])(
+                f"save of {plan.filename!r} failed: {'; '.join(errors)}"
+            ) from writer_error
+        names = w[3]
+        if is_writer:  # the payload records every rank's per-rank state
+            payload = self._with_rank_states(payload, rank_keys, [g[0] for g in gathered])
+        shards = dict(zip(names, range(world)))
+        my_file = names[me]
+        assert shards[my_file] == me
+        if self._writer is None:
+            try:
+                metadata = dsh.save_state(states, my_file, target.write_file, dsh.io_group())
+            except Exception as e:  # raised alike on every rank
+                if pending is not None:
+                    target.abandon(pending, e)
+                raise CheckpointSaveError(
+                    f"save of {plan.filename!r} failed while writing sharded state: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            if not is_writer:
+                return (None, False, None), None
+            try:
+                result = self._complete_sharded(plan, pending, payload, metadata)
+            except Exception as e:
+                return (
+                    f"save of {plan.filename!r} on rank {cfg.save_on_rank} failed: "
+                    f"{type(e).__name__}: {e}",
+                    isinstance(e, CheckpointConflictError),
+                    None,
+                ), e
+            self._report(result)
+            return (None, False, result.payload), None
+        # async: copy, agree that every copy succeeded, then write in the background
+        group = dsh.io_group(background=True)  # made here, while every rank is in the call
+        copy_error = None
+        try:
+            staged = self._staged_shards = dsh.stage(states, reuse=self._staged_shards)
+            if is_writer:
+                payload = self._staging = snapshot(payload, reuse=self._staging)
+        except Exception as e:
+            self._staged_shards = None
+            copy_error = f"rank {me}: {type(e).__name__}: {e}"
+        copy_errors = [e for e in gather_to_all(copy_error) if e is not None]
+        if copy_errors:
+            if pending is not None:
+                target.abandon(pending, RuntimeError(copy_errors[0]))
+            raise CheckpointSaveError(
+                f"save of {plan.filename!r} failed: could not copy the state: "
+                + "; ".join(copy_errors)
+            )
+
+        def job() -> None:
+            try:
+                metadata = dsh.save_state(staged, my_file, target.write_file, group)
+            except BaseException as e:
+                if pending is not None:
+                    target.abandon(pending, e)
+                raise
+            if is_writer:
+                self._pending = self._complete_sharded(plan, pending, payload, metadata)
+
+        assert self._writer is not None
+        self._writer.submit(job)
+        return (None, False, None), None
+
+    def _sharded_payload(
+        self, plan: SavePlan, to_save: Mapping[str, Any], parts: list[Part]
+    ) -> dict[str, Any]:
+        """Writer: the payload without per-rank state: the objects that are not sharded,
+        a marker for each sharded one, the description of the sharded state."""
+        replace = markers(parts)
+        states = {
+            k: tree_state_dict(obj, replace)
+            for k, obj in to_save.items()
+            if not rank_state_only(obj)
+        }
+        extra = (
+            {"checkpointer": {"_saved": [(p, f) for p, f in plan.saved]}}
+            if self.config.include_self
+            else {}
+        )
+        payload = build_payload(states, {}, idist.get_world_size(), extra, description(parts))
+        check_weights_only(payload)
+        return payload
+
+    @staticmethod
+    def _with_rank_states(payload: dict, rank_keys: list[str], per_rank: list) -> dict:
+        meta = payload[RESERVED_KEY]
+        meta["rank_states"] = {k: [entry[k] for entry in per_rank] for k in rank_keys}
+        check_weights_only(meta["rank_states"], "per-rank state")
+        return payload
+
+    def _complete_sharded(
+        self, plan: SavePlan, pending: PendingSave, payload: dict, metadata: dict
+    ) -> SaveResult:
+        """Writer, once every per-rank file is durable: the payload, then the manifest."""
+        payload[RESERVED_KEY]["sharded"]["metadata"] = metadata
+        assert isinstance(self.target, DirectoryTarget)
+        return self.target.complete(plan, pending, payload, files_of(metadata))
+
+    def _finish_peer_write(self) -> None:
+        """Not the writer: waits for this rank's background write of its shards (its
+        failure, if any, failed the writer's too, which reports it)."""
+        if self._writer is None:
+            return
+        failed = self._writer.wait()
+        if failed is not None:
+            self._staged_shards = None
+            logger.warning(
+                "Background write of this rank's shards failed (the writing rank reports "
+                "it): %s: %s",
+                type(failed).__name__,
+                failed,
+            )
+
     def _background(self, plan: SavePlan, payload: Any, retry: tuple) -> None:
         self._pending = self.target.write(plan, payload, retry)
 
@@ -356,7 +596,9 @@ class CollectiveSave:
             return
         handshake("wait")
         error, conflict = None, False
-        if idist.get_rank() == self.config.save_on_rank:
+        if idist.get_rank() != self.config.save_on_rank:
+            self._finish_peer_write()
+        else:
             failed = self._writer.wait()
             if failed is not None:
                 self._staging = None  # a timed-out call may still be reading it
@@ -391,3 +633,7 @@ class CollectiveSave:
 
 def _error_class(conflict: bool) -> type[CheckpointSaveError]:
     return CheckpointConflictError if conflict else CheckpointSaveError
+
+
+def _describe(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"

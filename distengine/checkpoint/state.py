@@ -12,6 +12,9 @@
   (``{"models": [generator, discriminator]}``): :func:`tree_state_dict` saves the same
   nesting of state dicts and :func:`apply_tree` loads it back.
 - :func:`snapshot` copies state off the training tensors (to CPU) for background writes.
+- Objects saved as sharded state (``checkpoint/sharded.py``) leave a *marker*
+  ``{SHARDED_MARKER: key}`` in the payload where their state would be; the state itself
+  is in the checkpoint's per-rank files under ``key``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from torch import nn
 
 __all__ = [
     "RESERVED_KEY",
+    "SHARDED_MARKER",
+    "sharded_key",
     "apply_tree",
     "build_payload",
     "check_objects",
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 RESERVED_KEY = "__distengine__"
+SHARDED_MARKER = "__distengine_sharded__"
 _PREFIXES = ("module.", "_orig_mod.")
 _SCALARS = (
     bool,
@@ -166,30 +172,61 @@ def check_objects(tree: Any, attr: str, path: str) -> None:
     raise TypeError(f"Object {path} ({type(tree).__name__}) should have `{attr}` method")
 
 
-def tree_state_dict(tree: Any) -> Any:
+def tree_state_dict(tree: Any, replace: Mapping[int, Any] | None = None) -> Any:
     """``state_dict()`` of every object of ``tree``, in the same nesting (through model
-    wrappers).
+    wrappers). An object whose ``id`` is in ``replace`` gets that value instead (a
+    sharded object's marker).
 
     Example:
         >>> sd = tree_state_dict([nn.Linear(1, 1), {"b": nn.Linear(1, 1)}])
         >>> sorted(sd[1]["b"])
         ['bias', 'weight']
     """
+    if replace and id(tree) in replace:
+        return replace[id(tree)]
     if hasattr(tree, "state_dict"):
         return local_state_dict(tree)
     if isinstance(tree, (list, tuple)):
-        return [tree_state_dict(v) for v in tree]
+        return [tree_state_dict(v, replace) for v in tree]
     if isinstance(tree, Mapping):
-        return {k: tree_state_dict(v) for k, v in tree.items()}
+        return {k: tree_state_dict(v, replace) for k, v in tree.items()}
     raise TypeError(f"{type(tree).__name__} has no state_dict method")
 
 
-def apply_tree(tree: Any, state: Any, strict: bool, path: str) -> None:
+def sharded_key(state: Any) -> str | None:
+    """The key of a sharded object's state if ``state`` is its marker, else ``None``.
+
+    Example:
+        >>> sharded_key({SHARDED_MARKER: "model"}), sharded_key({"w": 1})
+        ('model', None)
+    """
+    if isinstance(state, Mapping) and len(state) == 1 and SHARDED_MARKER in state:
+        key = state[SHARDED_MARKER]
+        return key if isinstance(key, str) else None
+    return None
+
+
+def apply_tree(
+    tree: Any, state: Any, strict: bool, path: str, deferred: list | None = None
+) -> None:
     """Loads ``state`` (as :func:`tree_state_dict` made it) into the objects of ``tree``.
 
+    An object whose state is a sharded marker is appended to ``deferred`` as
+    ``(object, key, path)`` for the caller to load from the sharded files.
+
     Raises:
-        ValueError: the nesting of ``state`` does not match ``tree``.
+        ValueError: the nesting of ``state`` does not match ``tree``, or a sharded
+            marker where no ``deferred`` list was given.
     """
+    key = sharded_key(state)
+    if key is not None:
+        if deferred is None:
+            raise ValueError(
+                f"{path} is sharded state, stored in the checkpoint's per-rank files: load it "
+                "with Checkpoint.load_objects from the checkpoint's path or URL"
+            )
+        deferred.append((tree, key, path))
+        return
     if hasattr(tree, "load_state_dict"):
         apply_state(tree, state, strict)
         return
@@ -201,7 +238,7 @@ def apply_tree(tree: Any, state: Any, strict: bool, path: str) -> None:
                 + (f" of {len(state)}" if isinstance(state, (list, tuple)) else "")
             )
         for i, (obj, st) in enumerate(zip(tree, state)):
-            apply_tree(obj, st, strict, f"{path}[{i}]")
+            apply_tree(obj, st, strict, f"{path}[{i}]", deferred)
         return
     if isinstance(tree, Mapping):
         if not isinstance(state, Mapping):
@@ -211,33 +248,40 @@ def apply_tree(tree: Any, state: Any, strict: bool, path: str) -> None:
                 raise ValueError(
                     f"Key {k!r} of {path} is not found in the checkpoint, which holds {sorted(map(str, state))}"
                 )
-            apply_tree(obj, state[k], strict, f"{path}[{k!r}]")
+            apply_tree(obj, state[k], strict, f"{path}[{k!r}]", deferred)
         return
     raise TypeError(f"Object {path} ({type(tree).__name__}) should have `load_state_dict` method")
 
 
 def build_payload(
-    states: dict[str, Any], rank_states: dict[str, list], world_size: int, extra: dict[str, Any]
+    states: dict[str, Any],
+    rank_states: dict[str, list],
+    world_size: int,
+    extra: dict[str, Any],
+    sharded: dict[str, Any] | None = None,
 ) -> Any:
     """The content of a checkpoint file.
 
     Ignite's layout: ``{name: state_dict}``, or, for a single object without per-rank
-    state or extras, that object's bare ``state_dict``. Per-rank state goes under
-    :data:`RESERVED_KEY` as ``{"world_size": W, "rank_states": {name: [rank 0, …]}}``.
+    state, extras or sharded state, that object's bare ``state_dict``. Per-rank state goes
+    under :data:`RESERVED_KEY` as ``{"world_size": W, "rank_states": {name: [rank 0, …]}}``,
+    and so does the description of sharded state (``"sharded"``).
 
     Example:
         >>> build_payload({"model": {"w": 1}}, {}, 1, {})
         {'w': 1}
     """
-    if len(states) == 1 and not rank_states and not extra:
+    if len(states) == 1 and not rank_states and not extra and sharded is None:
         return next(iter(states.values()))
     payload: dict[str, Any] = dict(states)
-    if rank_states:
+    if rank_states or sharded is not None:
         payload[RESERVED_KEY] = {
             "format_version": 1,
             "world_size": world_size,
             "rank_states": rank_states,
         }
+        if sharded is not None:
+            payload[RESERVED_KEY]["sharded"] = sharded
     payload.update(extra)
     return payload
 

@@ -517,6 +517,50 @@ class Storage:
             raise
         return f
 
+    def read_ranges(
+        self,
+        name: str,
+        ranges: list[tuple[int, int, Any]],
+        on_range: Callable[[int, memoryview], None],
+    ) -> None:
+        """Reads the byte ranges ``(start, length, into)`` of ``name`` in the order given
+        and hands each to ``on_range(index, data)`` before the next is read (ranged reads on
+        object stores: nothing else of the file is fetched).
+
+        ``into`` is a writable buffer of ``length`` bytes to read into, or ``None``: then
+        ``data`` is a view of a buffer reused for the next range (copy what must outlive
+        the call). Bounded by progress: no byte read for the I/O timeout fails.
+
+        Raises:
+            CheckpointIntegrityError: the file ends before a range does (truncated).
+            FileNotFoundError: the file does not exist.
+        """
+        progress = Progress()
+        scratch = bytearray(max((length for _, length, into in ranges if into is None), default=0))
+
+        def run() -> None:
+            if self.is_local:
+                raw: Any = open(self.path(name), "rb", buffering=0)
+            else:
+                raw = self.fs.open(self.path(name), "rb", block_size=_READ_SLICE)
+            with raw:
+                for i, (start, length, into) in enumerate(ranges):
+                    raw.seek(start)
+                    view = memoryview(scratch if into is None else into).cast("B")[:length]
+                    done = 0
+                    while done < length:
+                        n = raw.readinto(view[done : done + _READ_SLICE])
+                        if not n:
+                            raise CheckpointIntegrityError(
+                                f"{self.url_of(name)}: ends at byte {start + done}, expected "
+                                f"at least {start + length} bytes (truncated)"
+                            )
+                        done += n
+                        progress.add(n)
+                    on_range(i, view)
+
+        call_with_progress(run, progress, self.io_timeout, f"reading {self.url_of(name)}")
+
     def _check(self, name: str, found: int, size: int, got: str, sha256: str) -> None:
         if found != size:
             raise CheckpointIntegrityError(

@@ -20,6 +20,11 @@ One save goes through these steps (each a fault point, see
    unique variant ("promotion"); delete the checkpoints retention dropped; delete the
    intent. A failure in this step is reported as a warning: the checkpoint is saved.
 
+A checkpoint may have more files than its payload (a sharded checkpoint: one per rank).
+:meth:`DirectoryWriter.begin` does steps 1 and 2 for all of them (names free together,
+all named in the intent) before anyone writes them; once every one is durable,
+:meth:`DirectoryWriter.complete` writes the payload and the manifest listing them all.
+
 Removal deletes the manifest first, then the files. Crash leftovers are found through
 intents: an intent of this handler (same run and handler key, or this session) whose
 files no committed manifest lists names an unfinished save; its files, their temporary
@@ -33,6 +38,7 @@ import os
 import re
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +61,7 @@ from distengine.checkpoint.storage import Storage
 __all__ = [
     "MANIFEST_FIELDS",
     "DirectoryWriter",
+    "PendingSave",
     "SaveRequest",
     "SaveResult",
     "WriterSession",
@@ -101,6 +108,26 @@ class SaveRequest:
     fields: dict[str, Any] = field(default_factory=dict)
     retire: tuple[str, ...] = ()
     leftovers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+_UNSET: Any = object()
+
+
+@dataclass
+class PendingSave:
+    """A save between :meth:`DirectoryWriter.begin` and :meth:`DirectoryWriter.complete`:
+    the directory as listed, the sequence number, the payload file and every file the
+    intent names."""
+
+    request: SaveRequest
+    found: Scan
+    notes: list[str]
+    sequence: int
+    payload_name: str
+    intent: str
+    files: list[str]
+    fields: dict[str, Any]
+    basename: str
 
 
 @dataclass
@@ -156,9 +183,31 @@ class DirectoryWriter:
             OSError, CheckpointTimeoutError: the storage failed before the commit; nothing
                 older was touched.
         """
+        check_weights_only(request.payload)
+        return self.complete(session, self.begin(session, request))
+
+    def begin(
+        self,
+        session: WriterSession,
+        request: SaveRequest,
+        companions: Callable[[str], list[str]] | None = None,
+    ) -> PendingSave:
+        """Steps 1 and 2: lists the directory, picks the payload file and records the intent.
+
+        Args:
+            session: the writer session.
+            request: what to save (its ``payload`` may still be unknown: see
+                :meth:`complete`).
+            companions: ``payload name -> names of the other files of this checkpoint``
+                (a sharded checkpoint's per-rank files). They are chosen free together
+                with the payload name and named in the intent before anyone writes them.
+
+        Raises:
+            CheckpointConflictError: another live writer uses these names here.
+            OSError, CheckpointTimeoutError: the storage failed; nothing was written.
+        """
         st, me = self.storage, session.identity
         check_file_name(request.name, "checkpoint file name")
-        check_weights_only(request.payload)
         fields = {k: v for k, v in request.fields.items() if k in MANIFEST_FIELDS}
         basename = str(fields.get("basename", os.path.splitext(request.name)[0]))
         found = scan(st, session.ledger.manifest_cache)
@@ -166,21 +215,64 @@ class DirectoryWriter:
         notes += self._clean_leftovers(found, me)
         sequence = found.max_sequence + 1
         session.ledger.start(found, sequence)
-        payload_name = self._payload_name(request.name, found)
+        extra = companions or (lambda name: [])
+        payload_name = self._payload_name(request.name, found, extra)
         intent = self._intent_name(me, sequence)
-        files = [payload_name] + ([request.name] if payload_name != request.name else [])
+        others = [check_file_name(n, "checkpoint file name") for n in extra(payload_name)]
+        files = [payload_name, *others] + ([request.name] if payload_name != request.name else [])
         st.write_marker(intent, json.dumps({"files": files}).encode())
+        return PendingSave(
+            request, found, notes, sequence, payload_name, intent, files, fields, basename
+        )
+
+    def complete(
+        self,
+        session: WriterSession,
+        pending: PendingSave,
+        payload: Any = _UNSET,
+        files: dict[str, FileEntry] | None = None,
+    ) -> SaveResult:
+        """Steps 3 to 5: writes the payload, commits the manifest (listing ``files`` too,
+        which must be durable already), then tidies up.
+
+        Args:
+            session: the session that called :meth:`begin`.
+            pending: what :meth:`begin` returned.
+            payload: what to ``torch.save`` (default: the request's payload).
+            files: the checkpoint's other files (named by ``begin``'s companions) and
+                their size and SHA-256.
+
+        Raises:
+            CheckpointConflictError, TypeError, OSError, CheckpointTimeoutError: as
+                :meth:`save`; what this save wrote is removed (files included).
+        """
+        request = pending.request
+        if payload is _UNSET:
+            payload = request.payload
         try:
-            manifest = self._write_files(session, request, payload_name, sequence, fields, basename)
+            unknown = sorted(set(files or ()) - set(pending.files))
+            if unknown:
+                raise ValueError(f"files {unknown} were not announced by begin()")
+            manifest = self._write_files(
+                session, pending, payload, pending.payload_name, dict(files or {})
+            )
         except BaseException as e:
-            self._abandon(intent, files, e)
+            self.abandon(pending, e)
             raise
         # Committed: from here on a failure is a warning, never a failed save.
-        written = [manifest_name(payload_name)]
-        result = SaveResult(payload_name, manifest, notes)
-        self._after_commit(found, me, request, manifest, intent, written, result)
-        session.ledger.record(found, written, request.name)
+        written = [manifest_name(pending.payload_name)]
+        result = SaveResult(pending.payload_name, manifest, pending.notes)
+        self._after_commit(
+            pending.found, session.identity, request, manifest, pending.intent, written, result
+        )
+        session.ledger.record(pending.found, written, request.name)
         return result
+
+    def abandon(self, pending: PendingSave, error: BaseException) -> None:
+        """After a save that failed before its commit (not a crash): removes what it wrote,
+        best effort. A call that timed out may still be running, so then the intent stays
+        for the next save."""
+        self._abandon(pending.intent, pending.files, error)
 
     def _after_commit(
         self,
@@ -203,13 +295,15 @@ class DirectoryWriter:
             and me.owns(e.manifest.run_id, e.manifest.handler, e.manifest.session)
         ]
         steps: list[tuple[str, Any]] = [("before_cleanup", lambda: fault_point("before_cleanup"))]
-        steps += [(m, lambda m=m, f=f: self._remove_files(found, m, f)) for m, f in doomed]
+        gone: set[str] = set()  # manifests removed by this clean-up
+        steps += [(m, lambda m=m, f=f: self._remove_files(found, m, f, gone)) for m, f in doomed]
         if manifest.payload != request.name:
             steps.append(
                 ("promote", lambda: self._promote(request.name, manifest, result, written))
             )
         steps += [
-            (m, lambda m=m, f=f: self._remove_files(found, m, f)) for m, f in request.leftovers
+            (m, lambda m=m, f=f: self._remove_files(found, m, f, gone))
+            for m, f in request.leftovers
         ]
         pending = dict(doomed) | dict(request.leftovers)
         failed = stalled = False
@@ -232,13 +326,16 @@ class DirectoryWriter:
             except Exception as e:
                 result.warnings.append(f"could not remove {st.url_of(intent)}: {e}")
 
-    def _remove_files(self, found: Scan, manifest_file: str, files: tuple[str, ...]) -> None:
+    def _remove_files(
+        self, found: Scan, manifest_file: str, files: tuple[str, ...], gone: set[str]
+    ) -> None:
         """Removes an older checkpoint: its manifest, then its files that no other
-        checkpoint lists (its manifest may already be gone, after an interrupted removal)."""
+        remaining checkpoint lists (its manifest may already be gone, after an interrupted
+        removal). Two manifests of one checkpoint (a promoted copy and its unique variant)
+        share its per-rank files: removing both removes them."""
         self.storage.remove(manifest_file)
-        others = {
-            n for e in found.entries if e.manifest_name != manifest_file for n in e.manifest.files
-        }
+        gone.add(manifest_file)
+        others = {n for e in found.entries if e.manifest_name not in gone for n in e.manifest.files}
         for f in files:
             if f not in others:
                 self.storage.remove(f)
@@ -246,25 +343,24 @@ class DirectoryWriter:
     def _write_files(
         self,
         session: WriterSession,
-        request: SaveRequest,
+        pending: PendingSave,
+        payload: Any,
         payload_name: str,
-        sequence: int,
-        fields: dict[str, Any],
-        basename: str,
+        files: dict[str, FileEntry],
     ) -> Manifest:
         """Steps 3 and 4: the payload, then the manifest that commits it."""
-        st, me = self.storage, session.identity
+        st, me, fields = self.storage, session.identity, pending.fields
         info = st.write(
             payload_name,
-            lambda f: torch.save(request.payload, f, **self.save_kwargs),
+            lambda f: torch.save(payload, f, **self.save_kwargs),
             atomic=self.atomic,
         )
         fault_point("before_manifest")
         manifest = Manifest(
-            name=request.name,
+            name=pending.request.name,
             payload=payload_name,
-            files={payload_name: FileEntry(info.size, info.sha256)},
-            sequence=sequence,
+            files={payload_name: FileEntry(info.size, info.sha256), **files},
+            sequence=pending.sequence,
             iteration=fields.get("iteration"),
             epoch=fields.get("epoch"),
             world_size=int(fields.get("world_size", 1)),
@@ -275,7 +371,7 @@ class DirectoryWriter:
             session_base=session.ledger.base_sequence,
             filename_prefix=str(fields.get("filename_prefix", "")),
             holds_engine=bool(fields.get("holds_engine", False)),
-            basename=basename,
+            basename=pending.basename,
             score_name=fields.get("score_name"),
             priority=fields.get("priority", 0),
         )
@@ -297,17 +393,26 @@ class DirectoryWriter:
         except Exception:
             pass  # the storage is failing: the next save of this handler retries
 
-    def _payload_name(self, name: str, found: Scan) -> str:
-        """``name`` if nothing uses it (no file, no manifest, no live intent), else a
-        unique variant: never overwrite a file a committed manifest may still list."""
+    def _payload_name(self, name: str, found: Scan, companions: Callable[[str], list[str]]) -> str:
+        """``name`` if nothing uses it or its companions (no file, no manifest, no live
+        intent), else a unique variant: never overwrite a file a committed manifest may
+        still list."""
         taken = set(found.files) | found.referenced() | _intended(self.storage, found)
-        if name not in taken and not any(m in found.files for m in manifest_candidates(name)):
+
+        def free(candidate: str) -> bool:
+            return (
+                candidate not in taken
+                and not any(m in found.files for m in manifest_candidates(candidate))
+                and not any(c in taken for c in companions(candidate))
+            )
+
+        if free(name):
             return name
         stem, ext = os.path.splitext(name)
         while True:
             token = secrets.token_hex(4)
             unique = f"{stem}.{token}{ext}" if ext[1:].isalpha() else f"{name}.{token}"
-            if unique not in taken and manifest_name(unique) not in found.files:
+            if free(unique) and manifest_name(unique) not in found.files:
                 return unique
 
     def _promote(

@@ -2,10 +2,11 @@
 
 The training step follows the batch geometry the engine records for loaders from
 ``auto_dataloader`` (``state.batch_padding``, ``state.batch_loss_scale``): a rank whose
-batch is a padding row still runs forward and backward (so DDP's gradient all-reduce
-matches on every rank) but contributes a zero gradient, and a rank holding an unequal share
-of the global batch weights its mean loss so that DDP's average is the mean over the
-global batch. With other data both are at their defaults and the step is the usual one.
+batch is a padding row still runs forward and backward (so DDP's gradient all-reduce, or
+FSDP's all-gathers and reduce-scatters, match on every rank) but contributes a zero
+gradient, and a rank holding an unequal share of the global batch weights its mean loss so
+that the average over ranks is the mean over the global batch. With other data both are at
+their defaults and the step is the usual one.
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def _training_step(
     _check_accumulation(gradient_accumulation_steps)
     accumulate = gradient_accumulation_steps
     no_sync = getattr(model, "no_sync", None)
+    # FSDP2: reduce-scatter gradients only on the stepping iteration
+    set_sync = getattr(model, "set_requires_gradient_sync", None) if accumulate > 1 else None
 
     def forward_backward(x: Any, y: Any, padding: bool, weight: float) -> tuple[Any, torch.Tensor]:
         if autocast is None:
@@ -186,6 +189,8 @@ def _training_step(
             model.train(not padding)
         x, y = prepare_batch(batch, device=device, non_blocking=non_blocking)
         weight = engine.state.batch_loss_scale
+        if set_sync is not None:
+            set_sync(stepping)
         if no_sync is not None and not stepping:
             with no_sync():  # DDP: all-reduce gradients only on the stepping iteration
                 y_pred, loss = forward_backward(x, y, padding, weight)

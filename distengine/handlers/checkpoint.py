@@ -60,7 +60,13 @@ class Checkpoint:
       means "captured and being written";
     - without a score function, a handler whose ``to_save`` holds an ``Engine`` also
       saves (and finishes writing) when that engine stops for preemption (SIGTERM or
-      SIGUSR1), unless it already saved at that iteration.
+      SIGUSR1), unless it already saved at that iteration;
+    - **sharded state** is saved without gathering it: a model sharded with FSDP2 (e.g.
+      ``idist.auto_model(model, sharding="fsdp")``), its optimizer, and any object whose
+      state holds DTensors are written by every rank, each into a file of its own, through
+      ``torch.distributed.checkpoint``; the manifest, committed last, lists every file with
+      its SHA-256, and the same rules hold (``latest``, retention, crash safety). Such a
+      checkpoint loads at any world size (``load_objects`` on every rank).
 
     Args:
         to_save: objects by name (``state_dict``/``load_state_dict`` and/or
@@ -81,7 +87,12 @@ class Checkpoint:
         include_self: also save this handler's ``state_dict`` under ``"checkpointer"``.
         greater_or_equal: an equal score replaces the older checkpoint.
         save_on_rank: the rank that writes.
-        async_save: write in a background thread (see above).
+        async_save: write in a background thread (see above); with sharded state, every
+            rank copies its shards to CPU and writes them in the background, and the
+            manifest is committed once all files are durable.
+        sharded: also save every model and optimizer of ``to_save`` as sharded state (a
+            replicated model is then written once, spread over the ranks, and loads into
+            a sharded model as well). Sharded state is always saved that way.
 
     Raises:
         TypeError, ValueError: an argument that cannot work, saying what was expected
@@ -116,6 +127,7 @@ class Checkpoint:
         greater_or_equal: bool = False,
         save_on_rank: int = 0,
         async_save: bool = False,
+        sharded: bool = False,
     ):
         check_to_save(to_save, include_self, allow_empty=not self._needs_objects)
         if not isinstance(save_handler, (str, os.PathLike, BaseSaveHandler)) and not callable(
@@ -136,6 +148,7 @@ class Checkpoint:
             greater_or_equal=greater_or_equal,
             save_on_rank=save_on_rank,
             async_save=async_save,
+            sharded=sharded,
         )
         if len(to_save) > 0:  # the names this handler will use must be plain file names
             check_pattern(
@@ -179,6 +192,7 @@ class Checkpoint:
     greater_or_equal = property(lambda self: self.config.greater_or_equal)
     save_on_rank = property(lambda self: self.config.save_on_rank)
     async_save = property(lambda self: self.config.async_save)
+    sharded = property(lambda self: self.config.sharded)
     ext = property(lambda self: self.config.ext)
 
     @property
@@ -326,7 +340,11 @@ class Checkpoint:
         prefixes are stripped. Objects with ``load_rank_state_dict`` get this rank's entry
         when the world size is the one saved; at another world size that per-rank state
         (RNG, metric accumulators) is skipped with a warning and only the global state is
-        restored. Not a collective.
+        restored. Not a collective, except for a sharded checkpoint at world size > 1:
+        then every rank calls it (a lone rank raises ``CheckpointCollectiveError``), each
+        reads the shards its objects need (sharded models and optimizers take this
+        rank's part of every tensor, whole models the whole of it, at any world size),
+        and every file is verified against its SHA-256 first.
 
         Args:
             to_load: objects by name, as in ``to_save``.
