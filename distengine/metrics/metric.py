@@ -6,7 +6,7 @@ import functools
 from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -14,8 +14,9 @@ import torch
 import distengine.distributed as idist
 from distengine.exceptions import NotComputableError
 from distengine.metrics import _output
-from distengine.metrics._state import loaded_value, state_value
+from distengine.metrics._state import in_state_view, loaded_value, state_value, state_views
 from distengine.metrics.arithmetic import LambdaOperators
+from distengine.metrics.attachment import reducer_of
 from distengine.metrics.decorators import reinit__is_reduced, sync_all_reduce
 from distengine.metrics.reduction import REDUCTION_OPS, reduce_states
 from distengine.metrics.usage import (
@@ -46,35 +47,6 @@ __all__ = [
 
 _STATE_KEY = "__metric_state_per_rank"
 _RESULT_MODES = ("flatten", "named", "both")
-
-
-# > 0 while metrics are computed from prepared (reduced or local) states: a compute()
-# nested in another (a lambda of a lambda) must then not reduce again.
-_views_open = 0
-
-
-@contextmanager
-def state_views(
-    metrics: Sequence[Metric], values: Sequence[Mapping[str, Any]] | None
-) -> Iterator[None]:
-    """Enters ``metric._state_view(v)`` for each metric (``{}``: its own state, no collective).
-
-    Every ``compute()`` inside reads the states as set here, without a collective.
-    """
-    global _views_open
-    with ExitStack() as stack:
-        for i, metric in enumerate(metrics):
-            stack.enter_context(metric._state_view(values[i] if values is not None else {}))
-        _views_open += 1
-        try:
-            yield
-        finally:
-            _views_open -= 1
-
-
-def in_state_view(metric: Metric) -> bool:
-    """Whether ``metric`` is being computed from prepared states (no collective then)."""
-    return _views_open > 0 or metric.__dict__.get("_view_depth", 0) > 0
 
 
 def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
@@ -320,8 +292,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> evaluator.run(val_loader).metrics["accuracy"]  # doctest: +SKIP
             0.93
         """
-        from distengine.metrics.attachment import reducer_of
-
         if not isinstance(name, str):
             raise TypeError(f"Metric name must be a str, got {type(name).__name__}")
         reducer_of(engine, create=True).add(self, name, self._check_usage(usage))
@@ -334,8 +304,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> metric.is_attached(engine)  # doctest: +SKIP
             False
         """
-        from distengine.metrics.attachment import reducer_of
-
         usage = self._check_usage(usage)
         reducer = reducer_of(engine, create=False)
         if reducer is not None:
@@ -348,8 +316,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> metric.is_attached(engine, usage="epoch_wise")  # doctest: +SKIP
             True
         """
-        from distengine.metrics.attachment import reducer_of
-
         usage = self._check_usage(usage)
         reducer = reducer_of(engine, create=False)
         return reducer is not None and reducer.has(self, usage)
