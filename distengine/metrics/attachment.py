@@ -209,10 +209,9 @@ class MetricsReducer:
     # --- event handlers ---------------------------------------------------------------
     def _reset(self, event: Any, engine: Any) -> None:
         for metric in _distinct([e.metric for e in self._select(started=event)]):
-            if metric._restored:
+            if metric._take_restored():
                 # State loaded from a checkpoint: keep it if this start resumes the run
                 # (STARTED) or the interrupted epoch (EPOCH_STARTED mid-epoch).
-                metric._restored = False
                 if event == Events.STARTED or (
                     event == Events.EPOCH_STARTED and _mid_epoch(engine)
                 ):

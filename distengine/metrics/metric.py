@@ -71,6 +71,18 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     return wrapper
 
 
+# The package-internal protocol of Metric. Besides the public API, a metric answers these
+# members for the other modules of distengine.metrics (a single underscore: internal to the
+# package, not to the class; users neither call nor override them):
+#   _leaves(), _update_children(), _updates_itself, _reduced_children()
+#       which metrics an attached entry updates and reduces (attachment.py, metrics_lambda.py)
+#   _reducible_state(), _state_shaped(), _reductions   what is reduced (reduction.py)
+#   _state_view(), _compute_local()    computing from prepared states (_state.py,
+#       attachment.py, running_average.py)
+#   _load_rank_state(), _take_restored()   restoring (_state.py, metrics_lambda.py, attachment.py)
+#   _metrics_result_mode, _optional_output_keys   writing results (_output.py, attachment.py)
+# They read, or change the metric through its own methods: no other module writes a
+# metric's fields. tests/unit/test_layers.py keeps distengine's other packages from them.
 class Metric(LambdaOperators, metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 
@@ -347,6 +359,15 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             state[key] = state_value(getattr(self, key), f"{type(self).__name__}.{key}")
         return state
 
+    def _take_restored(self) -> bool:
+        """Whether a loaded state waits to be kept at the next reset; clears the mark.
+
+        The reducer asks it at the start a metric resets on (and keeps the state when
+        that start resumes the interrupted run or epoch).
+        """
+        restored, self._restored = self._restored, False
+        return restored
+
     def load_rank_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores a state taken by :meth:`rank_state_dict` (e.g. after a mid-epoch resume).
 
@@ -408,9 +429,10 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             )
         self._load_rank_state(per_rank[idist.get_rank()])
 
-    # Checkpoint stores a metric through rank_state_dict (gathered on every rank), not
-    # through the collective state_dict called on the writer alone.
-    _state_dict_is_collective: ClassVar[bool] = True
+    # Checkpoint stores an object whose state_dict is a collective (a metric's: Ignite's format
+    # gathers every rank's state) through its rank_state_dict, gathered on every rank, instead
+    # of calling state_dict on the writer alone (distengine.checkpoint.state.rank_state_only).
+    state_dict_is_collective: ClassVar[bool] = True
 
     # --- views used by the reducer --------------------------------------------------------
     def _leaves(self) -> list[Metric]:

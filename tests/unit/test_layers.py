@@ -5,6 +5,9 @@
    of the package, so this test cannot pass by checking nothing.
 2. No module imports distengine inside a function to dodge a cycle: every function-level
    ``import distengine...`` or relative import is in :data:`ALLOWED`, with its reason.
+3. No package reads another's private names: ``obj._name`` (obj not ``self``/``cls``) or
+   ``from ... import _name`` where ``_name`` is not defined in the reading package, except
+   the private names of other libraries in :data:`FOREIGN_PRIVATE` (with their reason).
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ ALLOWED: dict[tuple[str, str], str] = {
         "imports torch.distributed.checkpoint, which takes seconds: only when a sharded "
         "checkpoint is written or read"
     ),
+}
+
+
+# private names of other libraries that distengine reads on purpose -> why
+FOREIGN_PRIVATE: dict[str, str] = {
+    "_orig_mod": "torch.compile's wrapper: its original module (checkpoint keys without prefix)",
+    "_inst": "random's global Random instance (SeededDataset compares its state)",
+    "_rand": "numpy's global RandomState (SeededDataset)",
+    "_bit_generator": "numpy's RandomState's generator (SeededDataset copies its state)",
+    "_current_frames": "sys: every thread's stack for hang reports",
+    "_exit": "os._exit: a failed rank ends without running exit handlers",
+    "_get_default_store": "torch.distributed: the store of a group the user created",
+    "_defaults": "torchmetrics.Metric: its declared states (TorchMetric reduces them)",
+    "_fields": "a named tuple's field names (documented namedtuple API)",
 }
 
 
@@ -167,4 +184,82 @@ def test_function_level_import_check_finds_planted_imports(tmp_path):
         ("distengine.metrics.metric", 8),
         ("distengine.engine", 9),
         ("distengine.checkpoint", 10),
+    ]
+
+
+def _package(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+
+
+def cross_package_private_reads(root: Path) -> list[str]:
+    """``file:line name`` of each read of a private name not defined in the reading package."""
+    trees = {p: ast.parse(p.read_text(), filename=str(p)) for p in sorted(root.rglob("*.py"))}
+    defined: dict[str, set[str]] = {}
+    for path, tree in trees.items():
+        names = defined.setdefault(_package(path, root), set())
+        names.update(path.relative_to(root).with_suffix("").parts)  # its (private) modules
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Store):
+                names.add(node.id if isinstance(node, ast.Name) else node.attr)
+    found = []
+    for path, tree in trees.items():
+        own = defined[_package(path, root)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                value = node.value
+                if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+                    continue
+                names = [(node.attr, node.lineno)]
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                names = [(a.name, node.lineno) for a in node.names]
+            elif (  # getattr(obj, "_name"), hasattr, setattr
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr")
+                and len(node.args) >= 2
+                and not (isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls"))
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
+                names = [(node.args[1].value, node.lineno)]
+            else:
+                continue
+            for name, line in names:
+                private = name.startswith("_") and not name.startswith("__")
+                if private and name not in own and name not in FOREIGN_PRIVATE:
+                    found.append((path.relative_to(root.parent).as_posix(), line, name))
+    return [f"{file}:{line} {name}" for file, line, name in sorted(found)]
+
+
+def test_no_package_reads_another_packages_private_names():
+    found = cross_package_private_reads(ROOT / "distengine")
+    assert not found, "private names read across packages (give them a public API): " + "; ".join(
+        found
+    )
+
+
+def test_private_read_check_finds_planted_reads(tmp_path):
+    for package, text in {
+        "engine": "class Engine:\n    def __init__(self):\n        self._event_handlers = {}\n",
+        "handlers": (
+            "from distengine.engine.engine import _private_helper\n"
+            "def f(engine):\n"
+            "    return engine._event_handlers, engine.state._own\n"
+            "def h(engine):\n"
+            "    return getattr(engine, '_event_handlers', {})\n"
+            "def g(x):\n"
+            "    x._own = 1\n"
+            "    setattr(x, '_distengine_reducer', 2)\n"
+        ),
+    }.items():
+        (tmp_path / "distengine" / package).mkdir(parents=True)
+        (tmp_path / "distengine" / package / "mod.py").write_text(text)
+    assert cross_package_private_reads(tmp_path / "distengine") == [
+        "distengine/handlers/mod.py:1 _private_helper",
+        "distengine/handlers/mod.py:3 _event_handlers",
+        "distengine/handlers/mod.py:5 _event_handlers",
+        "distengine/handlers/mod.py:8 _distengine_reducer",
     ]
