@@ -1,7 +1,8 @@
 """Small helpers Ignite scripts import from ``ignite.utils``: seeding, logging, tensors.
 
 - :func:`manual_seed` seeds Python, torch (CPU and every CUDA device) and numpy.
-- :func:`setup_logger` configures a named logger that writes on rank 0 only.
+- :func:`setup_logger` configures a named logger that writes on rank 0 only (defined in
+  :mod:`distengine.distributed.utils`, which asks for the rank; the same function).
 - :func:`convert_tensor`, :func:`apply_to_tensor`, :func:`apply_to_type` map a function
   over tensors inside nested dicts, lists, tuples and named tuples.
 - :func:`to_onehot` turns class indices into one-hot indicators.

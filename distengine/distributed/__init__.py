@@ -108,9 +108,9 @@ def __getattr__(name: str) -> Any:
     """``idist.auto_dataloader``: Ignite's name for :func:`distengine.data.auto_dataloader`.
 
     The loader builder belongs to :mod:`distengine.data`, a layer above this package, and
-    Ignite users call it as ``ignite.distributed.auto_dataloader``. Importing it lazily, on
-    first access, keeps this package importable without the data layer: it is the one
-    upward import the layer contract allows (docs/internals.md, "Layers").
+    Ignite users call it as ``ignite.distributed.auto_dataloader``. It is imported on first
+    access, so no module of this package imports the data layer when it is loaded: this is
+    the one upward import the layer contract allows (docs/internals.md, "Layers").
     """
     if name == "auto_dataloader":
         from distengine.data.loader import auto_dataloader

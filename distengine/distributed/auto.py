@@ -2,9 +2,9 @@
 :class:`DistributedProxySampler`.
 
 ``auto_dataloader``, ``auto_model`` and ``auto_optim`` are the ones of
-:mod:`distengine.distributed` (re-exported here; ``auto_dataloader`` lazily, as in the
-package: it belongs to :mod:`distengine.data`, the layer above). :class:`DistributedProxySampler` shards
-any sampler of known length over the ranks, for a ``DataLoader`` built by hand: the loader
+:mod:`distengine.distributed` (re-exported here; ``auto_dataloader`` on first access, as in
+the package: it belongs to :mod:`distengine.data`, the layer above).
+:class:`DistributedProxySampler` shards any sampler of known length over the ranks, for a ``DataLoader`` built by hand: the loader
 of ``auto_dataloader`` has its own sampler (the one that makes exact resume possible) and
 refuses ``sampler=``.
 """
