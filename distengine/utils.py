@@ -1,7 +1,8 @@
 """Small helpers Ignite scripts import from ``ignite.utils``: seeding, logging, tensors.
 
 - :func:`manual_seed` seeds Python, torch (CPU and every CUDA device) and numpy.
-- :func:`setup_logger` configures a named logger that writes on rank 0 only.
+- :func:`setup_logger` configures a named logger that writes on rank 0 only (defined in
+  :mod:`distengine.distributed.utils`, which asks for the rank; the same function).
 - :func:`convert_tensor`, :func:`apply_to_tensor`, :func:`apply_to_type` map a function
   over tensors inside nested dicts, lists, tuples and named tuples.
 - :func:`to_onehot` turns class indices into one-hot indicators.
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import collections.abc as abc
 import hashlib
-import logging
 import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
+
+from distengine.distributed.utils import setup_logger
 
 __all__ = [
     "apply_to_tensor",
@@ -138,67 +140,6 @@ def to_onehot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
     shape = (indices.shape[0], num_classes, *indices.shape[1:])
     onehot = torch.zeros(shape, dtype=torch.uint8, device=indices.device)
     return onehot.scatter_(1, indices.unsqueeze(1), 1)
-
-
-def setup_logger(
-    name: str | None = "distengine",
-    level: int = logging.INFO,
-    stream: TextIO | None = None,
-    format: str = "%(asctime)s %(name)s %(levelname)s: %(message)s",
-    filepath: str | None = None,
-    distributed_rank: int | None = None,
-    reset: bool = False,
-    encoding: str | None = "utf-8",
-) -> logging.Logger:
-    """A named logger that writes on rank 0 only (to ``stream`` and optionally a file).
-
-    On other ranks its handlers are replaced by a ``NullHandler``, so a job of N
-    processes prints each message once. A logger configured before keeps its
-    configuration unless ``reset=True``. The logger does not propagate to its parents.
-
-    Args:
-        name: logger name (``None``: the root logger).
-        level: e.g. ``logging.INFO``.
-        stream: where to write (default ``sys.stderr``).
-        format: ``logging.Formatter`` format.
-        filepath: also write to this file.
-        distributed_rank: this process's rank (default ``idist.get_rank()``).
-        reset: drop the logger's handlers and configure it again.
-        encoding: encoding of ``filepath``.
-
-    Returns:
-        The logger.
-
-    Example:
-        >>> trainer.logger = setup_logger("trainer")  # doctest: +SKIP
-        >>> # 2026-01-21 12:46:07,356 trainer INFO: Engine run starting with max_epochs=5.
-    """
-    existing = name is None or name in logging.root.manager.loggerDict
-    logger = logging.getLogger(name)
-    if distributed_rank is None:
-        from distengine import distributed as idist
-
-        distributed_rank = idist.get_rank()
-    if distributed_rank > 0 or reset:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-    if distributed_rank > 0:
-        logger.addHandler(logging.NullHandler())
-    if existing and not reset:
-        return logger
-    if distributed_rank == 0:
-        logger.setLevel(level)
-        formatter = logging.Formatter(format)
-        handlers: list[logging.Handler] = [logging.StreamHandler(stream=stream)]
-        if filepath is not None:
-            handlers.append(logging.FileHandler(filepath, encoding=encoding))
-        for handler in handlers:
-            handler.setLevel(level)
-            handler.setFormatter(formatter)
-            logger.addHandler(handler)
-    if name is not None:
-        logger.propagate = False
-    return logger
 
 
 def manual_seed(seed: int) -> None:

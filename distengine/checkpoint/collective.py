@@ -5,14 +5,13 @@ calls them on one rank only (``if rank == 0: handler(engine)``, Ignite's classic
 would otherwise block forever in the first collective. So every such call starts with
 :func:`handshake`, a store-based check (``idist.rendezvous_check``) that issues no
 collective: all ranks must reach the same checkpoint operation (same kind, same
-ordinal) within ``DISTENGINE_CHECKPOINT_TIMEOUT`` seconds (default 120), or each rank
+occurrence of that kind, counted per process group by ``rendezvous_check``) within ``DISTENGINE_CHECKPOINT_TIMEOUT`` seconds (default 120), or each rank
 that did arrive raises :class:`CheckpointCollectiveError` saying so.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +29,6 @@ __all__ = [
 
 TIMEOUT_ENV = "DISTENGINE_CHECKPOINT_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 120.0
-
-_ordinal = 0
-_ordinal_lock = threading.Lock()
 
 
 class CheckpointCollectiveError(CheckpointError):
@@ -67,14 +63,11 @@ def handshake(op: str, timeout: float | None = None) -> None:
     Example:
         >>> handshake("save")  # returns at once without a process group
     """
-    global _ordinal
     world = idist.get_world_size()
     if world == 1:
         return
     timeout = handshake_timeout() if timeout is None else timeout
-    with _ordinal_lock:
-        _ordinal += 1
-        tag = f"distengine/checkpoint/{_ordinal}/{op}"
+    tag = f"distengine/checkpoint/{op}"  # numbered per use by rendezvous_check
     rank = idist.get_rank()
     hint = (
         f"Checkpoint operations are collectives: call '{op}' on every rank (this is rank {rank} of "

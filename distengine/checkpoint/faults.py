@@ -64,6 +64,10 @@ PHASES = (
 )
 _ACTIONS = ("kill", "raise")
 
+# Process-wide on purpose: DISTENGINE_FAULT_INJECT is read from this process's environment
+# and counts the fault points this process reaches ("kill at the 2nd before_manifest"),
+# whichever handler or storage reaches them; no object of a save lives that long. Tests
+# reset the counts with reset_fault_counts() and remove the hook with set_fault_hook(None).
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 _hook: Callable[[str], None] | None = None

@@ -19,7 +19,7 @@ from distengine.checkpoint.errors import CheckpointError, CheckpointIntegrityErr
 from distengine.checkpoint.manifest import Manifest, manifest_candidates, manifest_name
 from distengine.checkpoint.sharded import load_deferred
 from distengine.checkpoint.state import RESERVED_KEY, apply_tree, check_objects, rank_state_only
-from distengine.checkpoint.storage import Storage, _CountingReader
+from distengine.checkpoint.storage import CountingReader, Storage
 
 __all__ = ["load_objects", "read_payload", "split_url"]
 
@@ -82,7 +82,7 @@ def _read(source: _Source, map_location: Any) -> Any:
         try:
             return call_with_progress(
                 lambda: torch.load(
-                    _CountingReader(f, progress), map_location=map_location, weights_only=True
+                    CountingReader(f, progress), map_location=map_location, weights_only=True
                 ),
                 progress,
                 storage.io_timeout,

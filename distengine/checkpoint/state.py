@@ -88,7 +88,7 @@ def rank_state_only(obj: Any) -> bool:
     ``state_dict``/``load_state_dict``, or its ``state_dict`` is a collective (a metric's,
     Ignite's format) that the writing rank cannot call alone."""
     rank_state = has_rank_state(obj) or callable(getattr(obj, "load_rank_state_dict", None))
-    if rank_state and getattr(obj, "_state_dict_is_collective", False):
+    if rank_state and getattr(obj, "state_dict_is_collective", False):
         return True
     return not (hasattr(obj, "state_dict") or hasattr(obj, "load_state_dict")) and rank_state
 

@@ -450,7 +450,7 @@ class Storage:
         """
         if self.is_local:
             f = self._bounded(lambda: open(self.path(name), "rb"), f"opening {self.url_of(name)}")
-            return _CountingReader(f, progress) if progress is not None else f
+            return CountingReader(f, progress) if progress is not None else f
         data = self._download(name, None)
         return io.BytesIO(data)
 
@@ -504,7 +504,7 @@ class Storage:
                     return found, ""
                 f.seek(0)
                 return hash_stream(
-                    _CountingReader(f, progress), buffer_size=min(max(size, 1), _READ_SLICE)
+                    CountingReader(f, progress), buffer_size=min(max(size, 1), _READ_SLICE)
                 )
 
             found, got = call_with_progress(
@@ -575,7 +575,7 @@ class Storage:
         return f"Storage({self.url!r})"
 
 
-class _CountingReader:
+class CountingReader:
     """A read-only file wrapper that counts the bytes read (progress for bounded calls)."""
 
     def __init__(self, raw: BinaryIO, progress: Progress | None):
@@ -600,7 +600,7 @@ class _CountingReader:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
 
-    def __enter__(self) -> _CountingReader:
+    def __enter__(self) -> CountingReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from distengine import distributed as idist
+
 __all__ = ["ResumableDistributedSampler", "mix_seed"]
 
 _MASK64 = (1 << 64) - 1
@@ -82,8 +84,6 @@ class ResumableDistributedSampler(torch.utils.data.Sampler):
         keyed: bool = False,
     ):
         if num_replicas is None or rank is None:
-            from distengine import distributed as idist
-
             num_replicas = idist.get_world_size() if num_replicas is None else num_replicas
             rank = idist.get_rank() if rank is None else rank
         n = data_source if isinstance(data_source, int) else len(data_source)

@@ -342,6 +342,8 @@ def _gauss_offset(np: Any) -> int | None:
     return found
 
 
+# Process-wide on purpose: the layout of numpy's global RandomState, measured once per
+# numpy module (there is one per process); it belongs to no dataset.
 _numpy_state: _NumpyState | None = None
 
 

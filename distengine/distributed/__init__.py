@@ -12,6 +12,8 @@ Example:
     2.5
 """
 
+from typing import Any
+
 from .agreement import (
     PendingAgreement,
     agree_flags,
@@ -101,4 +103,21 @@ __all__ = [
     "watch_collective",
 ]
 
-from .auto_data import auto_dataloader  # noqa: E402  (last: it imports distengine.data and engine)
+
+def __getattr__(name: str) -> Any:
+    """``idist.auto_dataloader``: Ignite's name for :func:`distengine.data.auto_dataloader`.
+
+    The loader builder belongs to :mod:`distengine.data`, a layer above this package, and
+    Ignite users call it as ``ignite.distributed.auto_dataloader``. It is imported on first
+    access, so no module of this package imports the data layer when it is loaded: this is
+    the one upward import the layer contract allows (docs/internals.md, "Layers").
+    """
+    if name == "auto_dataloader":
+        from distengine.data.loader import auto_dataloader
+
+        return auto_dataloader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "auto_dataloader"})

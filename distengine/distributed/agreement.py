@@ -28,10 +28,8 @@ __all__ = [
     "start_agreement",
 ]
 
-# 1-element int64 buffers of the current runtime, reused (no allocation per call): a buffer
-# in use by a started agreement returns here when the agreement is waited for.
-_buffers: tuple[object, list[torch.Tensor]] | None = None
 _get_ident = threading.get_ident
+_COUNT_LOCK = threading.Lock()  # guards Runtime.rendezvous_counts
 
 
 def _check_flags(flags: object) -> None:
@@ -41,17 +39,16 @@ def _check_flags(flags: object) -> None:
         raise ValueError(f"flags must be in [0, 2**63), got {flags}")
 
 
-def _buffer(rt: object) -> torch.Tensor:
-    global _buffers
-    if _buffers is None or _buffers[0] is not rt:
-        _buffers = (rt, [])
-    free = _buffers[1]
+def _buffer(rt: Any) -> torch.Tensor:
+    """A 1-element int64 buffer of the runtime's (reused: no allocation per agreement)."""
+    free = rt.agreement_buffers
     return free.pop() if free else torch.zeros(1, dtype=torch.int64)
 
 
-def _release(rt: object, buf: torch.Tensor) -> None:
-    if _buffers is not None and _buffers[0] is rt and len(_buffers[1]) < 4:
-        _buffers[1].append(buf)
+def _release(rt: Any, buf: torch.Tensor) -> None:
+    """Gives a buffer back once its agreement was waited for (kept with the runtime)."""
+    if len(rt.agreement_buffers) < 4:
+        rt.agreement_buffers.append(buf)
 
 
 def agree_flags(flags: int) -> int:
@@ -229,10 +226,12 @@ def rendezvous_check(tag: str, timeout: float) -> None:
 
     A store-based barrier: a rank that never arrives (e.g. a collective called on rank 0
     only) makes every rank that did arrive raise after ``timeout`` seconds, naming the
-    ranks that are missing and where they are. Each tag must be used once per job.
+    ranks that are missing and where they are. A tag may be used again: every rank's
+    ``n``-th check with a tag meets the others' ``n``-th (counted per process group, so the
+    count starts again with a new group), and reports name it ``tag#n`` from the second on.
 
     Args:
-        tag: a name unique to this call site and occurrence (e.g. ``"ckpt/3/save"``).
+        tag: a name for this point of the program (e.g. ``"checkpoint/save"``).
         timeout: seconds to wait for the other ranks.
 
     Raises:
@@ -250,25 +249,29 @@ def rendezvous_check(tag: str, timeout: float) -> None:
     rt = _group()
     if rt is None:
         return
+    with _COUNT_LOCK:
+        n = rt.rendezvous_counts[tag] = rt.rendezvous_counts.get(tag, 0) + 1
+    key = f"rdv/{tag}#{n}"  # in the store: this occurrence of the tag
+    shown = tag if n == 1 else f"{tag}#{n}"  # in reports
     keys, world, rank = rt.keys, rt.env.world_size, rt.env.rank
-    keys.set(f"rdv/at/{rank}", tag)
-    arrived = keys.add(f"rdv/{tag}/count", 1)
+    keys.set(f"rdv/at/{rank}", shown)
+    arrived = keys.add(f"{key}/count", 1)
     if arrived == world:
-        keys.set(f"rdv/{tag}/done", "1")
+        keys.set(f"{key}/done", "1")
         return
     try:
-        with watch_collective(f"rendezvous {tag!r}"):
-            keys.wait([f"rdv/{tag}/done"], timedelta(seconds=timeout))
+        with watch_collective(f"rendezvous {shown!r}"):
+            keys.wait([f"{key}/done"], timedelta(seconds=timeout))
         return
     except dist.DistStoreError:  # the wait timed out
-        if keys.check([f"rdv/{tag}/done"]):
+        if keys.check([f"{key}/done"]):
             return
     where = []
     for r in range(world):
         at = keys.get(f"rdv/at/{r}").decode() if keys.check([f"rdv/at/{r}"]) else "<nothing yet>"
-        if at != tag:
+        if at != shown:
             where.append(f"rank {r} is at {at!r}")
     raise TimeoutError(
-        f"only {keys.add(f'rdv/{tag}/count', 0)} of {world} ranks reached {tag!r} within {timeout:g} s; "
+        f"only {keys.add(f'{key}/count', 0)} of {world} ranks reached {shown!r} within {timeout:g} s; "
         + ("; ".join(where) if where else "the others arrived too late")
     )

@@ -2,8 +2,9 @@
 :class:`DistributedProxySampler`.
 
 ``auto_dataloader``, ``auto_model`` and ``auto_optim`` are the ones of
-:mod:`distengine.distributed` (re-exported here). :class:`DistributedProxySampler` shards
-any sampler of known length over the ranks, for a ``DataLoader`` built by hand: the loader
+:mod:`distengine.distributed` (re-exported here; ``auto_dataloader`` on first access, as in
+the package: it belongs to :mod:`distengine.data`, the layer above).
+:class:`DistributedProxySampler` shards any sampler of known length over the ranks, for a ``DataLoader`` built by hand: the loader
 of ``auto_dataloader`` has its own sampler (the one that makes exact resume possible) and
 refuses ``sampler=``.
 """
@@ -11,16 +12,16 @@ refuses ``sampler=``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .auto_data import auto_dataloader
 from .queries import get_rank, get_world_size
 from .wrapping import auto_model, auto_optim
 
-__all__ = ["DistributedProxySampler", "auto_dataloader", "auto_model", "auto_optim"]
+__all__ = ["DistributedProxySampler", "auto_dataloader", "auto_model", "auto_optim"]  # noqa: F822  (auto_dataloader: __getattr__)
 
 
 class DistributedProxySampler(DistributedSampler):
@@ -95,3 +96,16 @@ class DistributedProxySampler(DistributedSampler):
                     )
                 indices += drawn
         return iter(indices[self.rank : self.total_size : self.num_replicas])
+
+
+def __getattr__(name: str) -> Any:
+    """``auto_dataloader`` on first access (see :func:`distengine.distributed.__getattr__`)."""
+    if name == "auto_dataloader":
+        from distengine.data.loader import auto_dataloader
+
+        return auto_dataloader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "auto_dataloader"})

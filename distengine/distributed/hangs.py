@@ -77,7 +77,8 @@ class InFlight:
 
 
 IN_FLIGHT = InFlight()
-"""The one :class:`InFlight` of this process."""
+"""The one :class:`InFlight` of this process (process-wide on purpose: a thread waits in one
+collective at a time whatever its group, and the watchdog of the process reads it)."""
 
 
 @contextmanager
@@ -113,6 +114,8 @@ def watch_collective(name: str) -> Iterator[None]:
 
 
 # --- status providers ----------------------------------------------------------------------
+# Process-wide on purpose: engines register when they are built, often before a group
+# exists, and a hang report describes the whole process. Weak references (see _ref).
 _providers: list[Callable[[], Callable[[], Mapping[str, Any]] | None]] = []
 _providers_lock = threading.Lock()
 

@@ -27,6 +27,8 @@ from .stores import connect_store, watch_connection
 
 __all__ = ["Rendezvous", "local_rank_hint", "resolve", "set_local_rank_hint"]
 
+# Process-wide on purpose: Ignite's set_local_rank is called before any group exists (so
+# before a Runtime could hold it) and applies to the groups this process makes afterwards.
 _local_rank_hint: int | None = None
 
 

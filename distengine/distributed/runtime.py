@@ -90,12 +90,20 @@ class Runtime:
     failed: bool = False
     previous_excepthook: Any = None
     hang_timeout: float | None = None
+    # 1-element int64 buffers of the agreement (agreement.py), reused: no allocation per call
+    agreement_buffers: list[torch.Tensor] = field(default_factory=list)
+    # how often each rendezvous_check tag was used with this group (agreement.py)
+    rendezvous_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def hosts_store(self) -> bool:
         return self.owns_group and not self.env.hosted_store and self.env.rank == 0
 
 
+# Process-wide on purpose: torch keeps one default process group per process, and this is
+# distengine's record of it (None: a job of one). Everything whose lifetime is the group's
+# (stores, side groups, the agreement's buffers, rendezvous counts) lives on the Runtime and
+# goes with it; only whether finalize() ran and whether the exit hook is installed outlive it.
 _LOCK = threading.RLock()
 _runtime: Runtime | None = None
 _finalized = False

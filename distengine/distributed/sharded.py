@@ -58,6 +58,8 @@ __all__ = [
 
 SHARDING_MODES = ("ddp", "fsdp", "none")
 
+# Modules shard_model/auto_model made sharded: a mark on each module that lives as long as
+# the module (weak references), kept here so that no attribute is set on the user's module.
 _intent: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 _BACKGROUND = "distengine/checkpoint-background"
 

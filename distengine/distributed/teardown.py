@@ -27,6 +27,9 @@ __all__ = ["release_ddp_modules", "track_ddp_module"]
 
 _DDP_ATTRS = ("reducer", "logger", "process_group")
 
+# Process-wide on purpose: a DDP wrapper holds the process's default group (a process-wide
+# object of torch's), and may be tracked before distengine adopts a group the user created.
+# Weak references: the set keeps no module alive; finalize() releases and empties it.
 _tracked: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 

@@ -8,9 +8,10 @@ queries, ``spawn``, ``initialize``...) can be imported from here too.
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import torch.distributed as dist
 
@@ -68,6 +69,7 @@ __all__ = [
     "one_rank_first",
     "one_rank_only",
     "set_local_rank",
+    "setup_logger",
     "show_config",
     "spawn",
     "sync",
@@ -108,6 +110,69 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def setup_logger(
+    name: str | None = "distengine",
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    format: str = "%(asctime)s %(name)s %(levelname)s: %(message)s",
+    filepath: str | None = None,
+    distributed_rank: int | None = None,
+    reset: bool = False,
+    encoding: str | None = "utf-8",
+) -> logging.Logger:
+    """A named logger that writes on rank 0 only (to ``stream`` and optionally a file).
+
+    Ignite's ``ignite.utils.setup_logger``, also importable as
+    ``distengine.utils.setup_logger``; it lives here because it asks this package for the rank
+    (and :func:`show_config` uses it).
+
+    On other ranks its handlers are replaced by a ``NullHandler``, so a job of N
+    processes prints each message once. A logger configured before keeps its
+    configuration unless ``reset=True``. The logger does not propagate to its parents.
+
+    Args:
+        name: logger name (``None``: the root logger).
+        level: e.g. ``logging.INFO``.
+        stream: where to write (default ``sys.stderr``).
+        format: ``logging.Formatter`` format.
+        filepath: also write to this file.
+        distributed_rank: this process's rank (default ``idist.get_rank()``).
+        reset: drop the logger's handlers and configure it again.
+        encoding: encoding of ``filepath``.
+
+    Returns:
+        The logger.
+
+    Example:
+        >>> trainer.logger = setup_logger("trainer")  # doctest: +SKIP
+        >>> # 2026-01-21 12:46:07,356 trainer INFO: Engine run starting with max_epochs=5.
+    """
+    existing = name is None or name in logging.root.manager.loggerDict
+    logger = logging.getLogger(name)
+    if distributed_rank is None:
+        distributed_rank = get_rank()
+    if distributed_rank > 0 or reset:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    if distributed_rank > 0:
+        logger.addHandler(logging.NullHandler())
+    if existing and not reset:
+        return logger
+    if distributed_rank == 0:
+        logger.setLevel(level)
+        formatter = logging.Formatter(format)
+        handlers: list[logging.Handler] = [logging.StreamHandler(stream=stream)]
+        if filepath is not None:
+            handlers.append(logging.FileHandler(filepath, encoding=encoding))
+        for handler in handlers:
+            handler.setLevel(level)
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+    if name is not None:
+        logger.propagate = False
+    return logger
+
+
 def show_config() -> None:
     """Logs the distributed configuration of this process (logger ``distengine.distributed.utils``).
 
@@ -116,8 +181,6 @@ def show_config() -> None:
         >>> idist.show_config()  # doctest: +SKIP
         ... distengine.distributed.utils INFO: distributed configuration: serial
     """
-    from distengine.utils import setup_logger  # distengine.utils imports this package
-
     log = setup_logger(__name__)
     log.info(f"distributed configuration: {model_name()}")
     log.info(f"backend: {backend()}")

@@ -7,13 +7,23 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from distengine.data.resumable import ResumableSampler, check_resumable_sampler
+
 PassHook = Callable[[Any, int, int], tuple[Callable[[], None] | None, bool]]
 
 __all__ = ["DataPass", "data_length", "find_resumable_sampler"]
 
 
-def find_resumable_sampler(data: Any) -> Any | None:
-    """The sampler of ``data`` that can start mid-pass (``set_start``), if it has one."""
+def find_resumable_sampler(data: Any) -> ResumableSampler | None:
+    """The sampler of ``data`` that can start mid-pass, if it has one.
+
+    A candidate (``batch_sampler.sampler``, ``batch_sampler``, ``sampler``) claims the role
+    with an int ``global_batch_size`` and a callable ``set_start``; it must then have every
+    member of :class:`~distengine.data.ResumableSampler`.
+
+    Raises:
+        TypeError: the claiming sampler lacks a member of the protocol (named).
+    """
     candidates = []
     batch_sampler = getattr(data, "batch_sampler", None)
     if batch_sampler is not None:
@@ -22,7 +32,7 @@ def find_resumable_sampler(data: Any) -> Any | None:
     for c in candidates:
         gbs = getattr(c, "global_batch_size", None)
         if isinstance(gbs, int) and callable(getattr(c, "set_start", None)):
-            return c
+            return check_resumable_sampler(c)
     return None
 
 
@@ -66,7 +76,7 @@ class DataPass:
 
     def __init__(self) -> None:
         self.data: Any = None
-        self.sampler: Any = None
+        self.sampler: ResumableSampler | None = None
         self.length: int | None = None
         self.index = 0
         self.batches = 0

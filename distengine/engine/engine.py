@@ -118,6 +118,7 @@ class Engine(EventRegistry):
         self._preempt_signal: int | None = None
         self._preempt_bit = _NONE  # set by the signal handler; only cleared when acted upon
         self._rng_restored = False  # this run started from loaded RNG states
+        self._extensions: dict[str, Any] = {}  # see extension()
         idist.register_status_provider(self._status)  # weakly: for hang reports
 
     def _status(self) -> dict[str, Any]:
@@ -232,6 +233,43 @@ class Engine(EventRegistry):
 
     def unregister_rank_state(self, key: str) -> None:
         self._rank_state.unregister(key)
+
+    # --- extensions ----------------------------------------------------------------------------
+    def extension(self, key: str, factory: Callable[[Engine], Any] | None = None) -> Any:
+        """The object a package built on the engine keeps for this engine's lifetime.
+
+        A package above the engine that needs one helper object per engine (the metrics
+        reducer of :meth:`Metric.attach <distengine.metrics.Metric.attach>`) keeps it here
+        under its own ``key`` rather than as an attribute set on the engine from outside.
+        The first request with a ``factory`` creates it (``factory(engine)``); later ones
+        return the same object. The object lives as long as the engine.
+
+        Args:
+            key: the owner's name for it (e.g. ``"distengine.metrics"``).
+            factory: called with the engine to create the object when there is none yet.
+
+        Returns:
+            The object, or ``None`` when there is none and no ``factory`` was given.
+
+        Raises:
+            TypeError: ``key`` is not a str or ``factory`` is not callable.
+
+        Example:
+            >>> engine = Engine(lambda engine, batch: batch)
+            >>> engine.extension("demo") is None
+            True
+            >>> counter = engine.extension("demo", lambda eng: {"saves": 0})
+            >>> engine.extension("demo") is counter
+            True
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"extension key must be a str, got {type(key).__name__}")
+        found = self._extensions.get(key)
+        if found is None and factory is not None:
+            if not callable(factory):
+                raise TypeError(f"extension factory must be callable, got {type(factory).__name__}")
+            found = self._extensions[key] = factory(self)
+        return found
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's RNG states and the states of registered providers (e.g. metrics)."""

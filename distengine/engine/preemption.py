@@ -9,17 +9,16 @@ whose ``to_save`` holds the engine registers itself), fires ``TERMINATE`` (not
 ``COMPLETED``) and ``run`` raises :class:`Preempted`, a ``SystemExit`` with status
 :data:`PREEMPT_EXIT_CODE` (75, ``EX_TEMPFAIL``) — so an uncaught preemption ends the
 process with that status for the scheduler to requeue.
+
+The signal routing itself (:func:`catch_preemption`, :func:`ignore_preemption_signals`)
+lives in the leaf module :mod:`distengine.signals`, so that the data loader's workers can
+ignore the signals without importing the engine; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
-
 from distengine.distributed.env import preempt_exit_from_env
+from distengine.signals import PREEMPT_SIGNALS, catch_preemption, ignore_preemption_signals
 
 __all__ = [
     "PREEMPT_EXIT_CODE",
@@ -30,9 +29,6 @@ __all__ = [
 ]
 
 PREEMPT_EXIT_CODE = preempt_exit_from_env()  # DISTENGINE_PREEMPT_EXIT, checked: 1..255
-PREEMPT_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
-)
 
 
 class Preempted(SystemExit):
@@ -49,30 +45,3 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         return f"preempted (signal {self.signum}) after iteration {self.iteration}; exit status {self.code}"
-
-
-@contextlib.contextmanager
-def catch_preemption(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Routes preemption signals to ``on_signal`` while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        on_signal(signum)
-
-    for sig in PREEMPT_SIGNALS:
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-
-def ignore_preemption_signals(worker_id: int | None = None) -> None:
-    """DataLoader ``worker_init_fn`` part: workers ignore SIGTERM/SIGUSR1, so a signal sent
-    to the whole process group cannot kill them while the main process saves."""
-    for sig in PREEMPT_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)

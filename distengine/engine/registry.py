@@ -151,6 +151,24 @@ class EventRegistry:
             return any(_same(handler, h) for _, h, _ in self._event_handlers[event_name])
         return any(_same(handler, h) for lst in self._event_handlers.values() for _, h, _ in lst)
 
+    def event_handlers(self, event_name: Any) -> tuple[Callable, ...]:
+        """The handlers attached to ``event_name``, in the order they run.
+
+        Handlers attached to a filtered form of the event (``Events.ITERATION_COMPLETED(every=2)``)
+        are included: they are handlers of that event, their filter decides when they run.
+
+        Example:
+            >>> from distengine import Engine, Events
+            >>> engine = Engine(lambda engine, batch: batch)
+            >>> def log(engine):
+            ...     pass
+            >>> engine.add_event_handler(Events.COMPLETED, log)  # doctest: +ELLIPSIS
+            <...>
+            >>> engine.event_handlers(Events.COMPLETED) == (log,)
+            True
+        """
+        return tuple(h for _, h, _ in self._event_handlers.get(event_name, ()))
+
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         """Detaches ``handler`` from ``event_name`` (``ValueError`` if it is not attached)."""
         lst = self._event_handlers.get(event_name)

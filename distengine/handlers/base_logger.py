@@ -38,6 +38,8 @@ __all__ = [
     "BaseOutputHandler",
     "BaseWeightsHandler",
     "BaseWeightsScalarHandler",
+    "StepFromEngine",
+    "default_step",
     "global_step_from_engine",
 ]
 
@@ -54,8 +56,10 @@ def _counter_value(state: Any, event_name: Any, fallback_attr: str | None = None
     return getattr(state, event_counter(event_name))  # a filtered standard event
 
 
-class _StepFromEngine:
-    """Callable ``(engine, event_name) -> step`` that reads another engine's counters."""
+class StepFromEngine:
+    """Callable ``(engine, event_name) -> step`` that reads another engine's counters
+    (what :func:`global_step_from_engine` returns; a logger labels rows with that engine's
+    epoch and iteration)."""
 
     def __init__(
         self, engine: Engine, custom_event_name: Any = None, fallback_attr: str = "epoch"
@@ -97,7 +101,7 @@ def global_step_from_engine(
         raise TypeError(f"engine should be an Engine, got {type(engine).__name__}")
     if not isinstance(fallback_attr, str):
         raise TypeError(f"fallback_attr should be a str, got {type(fallback_attr).__name__}")
-    return _StepFromEngine(engine, custom_event_name, fallback_attr)
+    return StepFromEngine(engine, custom_event_name, fallback_attr)
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -172,7 +176,7 @@ class BaseOutputHandler(BaseHandler):
         self.tag = tag
         self.metric_names = list(metric_names) if isinstance(metric_names, tuple) else metric_names
         self.output_transform = output_transform
-        self.global_step_transform = global_step_transform or _default_step
+        self.global_step_transform = global_step_transform or default_step
         self.state_attributes = state_attributes
 
     def _setup_output_metrics_state_attrs(
@@ -193,7 +197,7 @@ class BaseOutputHandler(BaseHandler):
         return {"/".join(k): v for k, v in flat.items()}
 
 
-def _default_step(engine: Engine, event_name: Any) -> int:
+def default_step(engine: Engine, event_name: Any) -> int:
     """The engine's counter of ``event_name`` (its registered one for a custom event)."""
     return _counter_value(engine.state, event_name)
 

@@ -262,7 +262,7 @@ class Checkpoint:
         self._protocol.finish_locally()
         # An EXCEPTION_RAISED handler makes the engine swallow the exception (Ignite's rule);
         # attaching an async Checkpoint must not change whether run() raises.
-        if len(getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, ())) == 1:
+        if len(engine.event_handlers(Events.EXCEPTION_RAISED)) == 1:
             raise exc
 
     def _hook(self, engine: Engine) -> None:

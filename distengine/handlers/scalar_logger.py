@@ -21,8 +21,8 @@ from distengine.handlers.base_logger import (
     BaseOptimizerParamsHandler,
     BaseOutputHandler,
     BaseWeightsScalarHandler,
-    _default_step,
-    _StepFromEngine,
+    StepFromEngine,
+    default_step,
 )
 
 __all__ = [
@@ -59,7 +59,9 @@ class OutputHandler(BaseOutputHandler):
 
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
         values = self._setup_output_metrics_state_attrs(engine, key_tuple=False)
-        _scalar_logger(logger, self)._log(engine, event_name, values, self.global_step_transform)
+        _scalar_logger(logger, self).log_scalars(
+            engine, event_name, values, self.global_step_transform
+        )
 
 
 class OptimizerParamsHandler(BaseOptimizerParamsHandler):
@@ -74,7 +76,7 @@ class OptimizerParamsHandler(BaseOptimizerParamsHandler):
         values: dict[str, Any] = {}
         for i, group in enumerate(self.optimizer.param_groups):
             values.update(to_scalars(f"{prefix}/group_{i}", group[self.param_name]))
-        _scalar_logger(logger, self)._log(engine, event_name, values, None)
+        _scalar_logger(logger, self).log_scalars(engine, event_name, values, None)
 
 
 class WeightsScalarHandler(BaseWeightsScalarHandler):
@@ -99,7 +101,7 @@ class WeightsScalarHandler(BaseWeightsScalarHandler):
                 continue
             key = f"{prefix}{self._kind}_{reduction}/{name.replace('.', '/')}"
             values.update(to_scalars(key, self.reduction(tensor)))
-        _scalar_logger(logger, self)._log(engine, event_name, values, None)
+        _scalar_logger(logger, self).log_scalars(engine, event_name, values, None)
 
 
 class GradsScalarHandler(WeightsScalarHandler):
@@ -139,24 +141,34 @@ class ScalarLogger(BaseLogger):
     def _close(self) -> None:
         """Flush and release the output, if it was opened."""
 
-    def _log(
+    def log_scalars(
         self,
         engine: Engine,
         event_name: Any,
         values: dict[str, Any],
-        global_step_transform: Callable[[Engine, Any], int] | None,
+        global_step_transform: Callable[[Engine, Any], int] | None = None,
     ) -> None:
+        """Writes one row of ``values`` for ``event_name`` of ``engine`` (the handlers call it).
+
+        The row is labelled with the epoch and iteration of ``engine`` (of the engine of
+        :func:`~distengine.handlers.global_step_from_engine`, when that is the transform) and
+        with the step that ``global_step_transform`` returns (default: the counter of the
+        event, iteration or epoch).
+
+        Example:
+            >>> logger.log_scalars(trainer, Events.EPOCH_COMPLETED, {"loss": 0.25})  # doctest: +SKIP
+        """
         if not values:
             return
         labels = (
             global_step_transform.engine
-            if isinstance(global_step_transform, _StepFromEngine)
+            if isinstance(global_step_transform, StepFromEngine)
             else engine
         )
         if global_step_transform is not None:
             step = int(global_step_transform(engine, event_name))
         else:
-            step = _default_step(engine, event_name)
+            step = default_step(engine, event_name)
         self._write(values, labels.state.epoch, labels.state.iteration, step)
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from distengine.metrics.metrics_lambda import MetricsLambda
@@ -24,10 +24,22 @@ class LambdaOperators:
         >>> f1 = (p * r * 2 / (p + r + 1e-20)).mean()
     """
 
-    def _lambda(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MetricsLambda:
-        from distengine.metrics.metrics_lambda import MetricsLambda
+    # The class these operators build. MetricsLambda is a Metric, and Metric inherits these
+    # operators, so this module cannot import it: MetricsLambda declares itself instead
+    # (``class MetricsLambda(Metric, builds_lambdas=True)``) when its module is imported,
+    # which ``distengine.metrics`` does.
+    _lambda_class: ClassVar[type | None] = None
 
-        return MetricsLambda(fn, *args, **kwargs)
+    def __init_subclass__(cls, builds_lambdas: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if builds_lambdas:
+            LambdaOperators._lambda_class = cls
+
+    def _lambda(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MetricsLambda:
+        built = LambdaOperators._lambda_class
+        if built is None:  # only if distengine.metrics.metrics_lambda was never imported
+            raise RuntimeError("import distengine.metrics before combining metrics")
+        return built(fn, *args, **kwargs)
 
     def __add__(self, other: Any) -> MetricsLambda:
         return self._lambda(lambda x, y: x + y, self, other)

@@ -1,8 +1,10 @@
 """The per-engine reducer: runs every attached metric and reduces them in one collective.
 
 ``Metric.attach`` does not add one handler per metric and event, as Ignite does; it adds
-the metric to the one reducer of the engine (created by the first ``attach`` and kept on the
-engine). At each completion event the reducer reduces the declared state of *all* metrics
+the metric to the one reducer of the engine (created by the first ``attach`` and kept by the
+engine as its ``"distengine.metrics"`` extension, :meth:`Engine.extension
+<distengine.engine.Engine.extension>`). This module does not import
+:mod:`distengine.metrics.metric`: ``Metric`` imports it (``attach`` uses :func:`reducer_of`). At each completion event the reducer reduces the declared state of *all* metrics
 that complete then in a single ``all_gather`` (see :mod:`distengine.metrics.reduction`), so
 the number of collectives does not grow with the number of metrics.
 
@@ -28,20 +30,24 @@ collective).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import distengine.distributed as idist
 from distengine.engine import Events
+from distengine.exceptions import NotComputableError
 from distengine.metrics._output import write_result
-from distengine.metrics.metric import Metric, NotComputableError, state_views
+from distengine.metrics._state import state_views
 from distengine.metrics.reduction import reduce_states
 from distengine.metrics.usage import MetricUsage
 
+if TYPE_CHECKING:  # annotations only: metric.py imports this module
+    from distengine.metrics.metric import Metric
+
 __all__ = ["MetricsReducer", "reducer_of"]
 
-_ENGINE_ATTR = "_distengine_metrics_reducer"
+EXTENSION_KEY = "distengine.metrics"
 _STARTS = (Events.STARTED, Events.EPOCH_STARTED, Events.ITERATION_STARTED)
 _UPDATES = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED)
 
@@ -99,12 +105,12 @@ class _Entry:
 
 
 def reducer_of(engine: Any, create: bool) -> MetricsReducer | None:
-    """The engine's reducer; made (and stored on the engine) when ``create`` is true."""
-    reducer = getattr(engine, _ENGINE_ATTR, None)
-    if reducer is None and create:
-        reducer = MetricsReducer(engine)
-        setattr(engine, _ENGINE_ATTR, reducer)
-    return reducer
+    """The engine's reducer (its ``"distengine.metrics"`` extension); made when ``create``."""
+    if not callable(getattr(engine, "extension", None)):
+        raise TypeError(
+            f"metrics attach to a distengine Engine (with Engine.extension), got {type(engine).__name__}"
+        )
+    return engine.extension(EXTENSION_KEY, MetricsReducer if create else None)
 
 
 def _mid_epoch(engine: Any) -> bool:
@@ -203,10 +209,9 @@ class MetricsReducer:
     # --- event handlers ---------------------------------------------------------------
     def _reset(self, event: Any, engine: Any) -> None:
         for metric in _distinct([e.metric for e in self._select(started=event)]):
-            if metric._restored:
+            if metric._take_restored():
                 # State loaded from a checkpoint: keep it if this start resumes the run
                 # (STARTED) or the interrupted epoch (EPOCH_STARTED mid-epoch).
-                metric._restored = False
                 if event == Events.STARTED or (
                     event == Events.EPOCH_STARTED and _mid_epoch(engine)
                 ):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from distengine.metrics._state import in_state_view, is_metric
 from distengine.metrics.reduction import reduce_states
 
 __all__ = ["sync_all_reduce", "reinit__is_reduced"]
@@ -54,9 +55,7 @@ def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            from distengine.metrics import metric as base
-
-            if not isinstance(self, base.Metric):
+            if not is_metric(self):
                 raise RuntimeError(
                     "sync_all_reduce decorates methods of distengine.metrics.Metric subclasses only"
                 )
@@ -71,7 +70,7 @@ def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
                         f"sync_all_reduce reduces numbers and tensors, but {name!r} of "
                         f"{type(self).__name__} is a {type(value).__name__}"
                     )
-            if base.in_state_view(self):  # compute() inside the engine's (or its own) reduction
+            if in_state_view(self):  # compute() inside the engine's (or its own) reduction
                 return func(self, *args, **kwargs)
             reduced = reduce_states([_Declared(self, declared)])
             if reduced is None:

@@ -58,7 +58,7 @@ def Fbeta(  # noqa: N802 - Ignite's name (a function returning a MetricsLambda)
         expected = Precision if name == "precision" else Recall
         if not isinstance(given, expected):
             raise TypeError(f"{name} must be a {expected.__name__}, got {type(given).__name__}")
-        if given._average:
+        if given.average:
             raise ValueError(f"The {name} metric given to Fbeta must have average=False")
     transform = (lambda x: x) if output_transform is None else output_transform
     if precision is None:

@@ -6,7 +6,7 @@ import functools
 from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -14,8 +14,9 @@ import torch
 import distengine.distributed as idist
 from distengine.exceptions import NotComputableError
 from distengine.metrics import _output
-from distengine.metrics._state import loaded_value, state_value
+from distengine.metrics._state import in_state_view, loaded_value, state_value, state_views
 from distengine.metrics.arithmetic import LambdaOperators
+from distengine.metrics.attachment import reducer_of
 from distengine.metrics.decorators import reinit__is_reduced, sync_all_reduce
 from distengine.metrics.reduction import REDUCTION_OPS, reduce_states
 from distengine.metrics.usage import (
@@ -48,35 +49,6 @@ _STATE_KEY = "__metric_state_per_rank"
 _RESULT_MODES = ("flatten", "named", "both")
 
 
-# > 0 while metrics are computed from prepared (reduced or local) states: a compute()
-# nested in another (a lambda of a lambda) must then not reduce again.
-_views_open = 0
-
-
-@contextmanager
-def state_views(
-    metrics: Sequence[Metric], values: Sequence[Mapping[str, Any]] | None
-) -> Iterator[None]:
-    """Enters ``metric._state_view(v)`` for each metric (``{}``: its own state, no collective).
-
-    Every ``compute()`` inside reads the states as set here, without a collective.
-    """
-    global _views_open
-    with ExitStack() as stack:
-        for i, metric in enumerate(metrics):
-            stack.enter_context(metric._state_view(values[i] if values is not None else {}))
-        _views_open += 1
-        try:
-            yield
-        finally:
-            _views_open -= 1
-
-
-def in_state_view(metric: Metric) -> bool:
-    """Whether ``metric`` is being computed from prepared states (no collective then)."""
-    return _views_open > 0 or metric.__dict__.get("_view_depth", 0) > 0
-
-
 def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     """Wraps a subclass's ``compute`` so that, at world size > 1, it sees the reduced state."""
 
@@ -99,6 +71,18 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
     return wrapper
 
 
+# The package-internal protocol of Metric. Besides the public API, a metric answers these
+# members for the other modules of distengine.metrics (a single underscore: internal to the
+# package, not to the class; users neither call nor override them):
+#   _leaves(), _update_children(), _updates_itself, _reduced_children()
+#       which metrics an attached entry updates and reduces (attachment.py, metrics_lambda.py)
+#   _reducible_state(), _state_shaped(), _reductions   what is reduced (reduction.py)
+#   _state_view(), _compute_local()    computing from prepared states (_state.py,
+#       attachment.py, running_average.py)
+#   _load_rank_state(), _take_restored()   restoring (_state.py, metrics_lambda.py, attachment.py)
+#   _metrics_result_mode, _optional_output_keys   writing results (_output.py, attachment.py)
+# They read, or change the metric through its own methods: no other module writes a
+# metric's fields. tests/unit/test_layers.py keeps distengine's other packages from them.
 class Metric(LambdaOperators, metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 
@@ -320,8 +304,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> evaluator.run(val_loader).metrics["accuracy"]  # doctest: +SKIP
             0.93
         """
-        from distengine.metrics.attachment import reducer_of
-
         if not isinstance(name, str):
             raise TypeError(f"Metric name must be a str, got {type(name).__name__}")
         reducer_of(engine, create=True).add(self, name, self._check_usage(usage))
@@ -334,8 +316,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> metric.is_attached(engine)  # doctest: +SKIP
             False
         """
-        from distengine.metrics.attachment import reducer_of
-
         usage = self._check_usage(usage)
         reducer = reducer_of(engine, create=False)
         if reducer is not None:
@@ -348,8 +328,6 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             >>> metric.is_attached(engine, usage="epoch_wise")  # doctest: +SKIP
             True
         """
-        from distengine.metrics.attachment import reducer_of
-
         usage = self._check_usage(usage)
         reducer = reducer_of(engine, create=False)
         return reducer is not None and reducer.has(self, usage)
@@ -380,6 +358,15 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
                 )
             state[key] = state_value(getattr(self, key), f"{type(self).__name__}.{key}")
         return state
+
+    def _take_restored(self) -> bool:
+        """Whether a loaded state waits to be kept at the next reset; clears the mark.
+
+        The reducer asks it at the start a metric resets on (and keeps the state when
+        that start resumes the interrupted run or epoch).
+        """
+        restored, self._restored = self._restored, False
+        return restored
 
     def load_rank_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores a state taken by :meth:`rank_state_dict` (e.g. after a mid-epoch resume).
@@ -442,9 +429,10 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             )
         self._load_rank_state(per_rank[idist.get_rank()])
 
-    # Checkpoint stores a metric through rank_state_dict (gathered on every rank), not
-    # through the collective state_dict called on the writer alone.
-    _state_dict_is_collective: ClassVar[bool] = True
+    # Checkpoint stores an object whose state_dict is a collective (a metric's: Ignite's format
+    # gathers every rank's state) through its rank_state_dict, gathered on every rank, instead
+    # of calling state_dict on the writer alone (distengine.checkpoint.state.rank_state_only).
+    state_dict_is_collective: ClassVar[bool] = True
 
     # --- views used by the reducer --------------------------------------------------------
     def _leaves(self) -> list[Metric]:

@@ -14,7 +14,7 @@ from distengine.metrics.usage import MetricUsage
 __all__ = ["MetricsLambda"]
 
 
-class MetricsLambda(Metric):
+class MetricsLambda(Metric, builds_lambdas=True):
     """The value of ``f(*args, **kwargs)`` where metric arguments are replaced by their values.
 
     Attaching a ``MetricsLambda`` attaches the metrics it uses (they are updated once per

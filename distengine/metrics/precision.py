@@ -55,6 +55,12 @@ class _PrecisionRecallBase(ClassificationMetric):
             skip_unrolling=skip_unrolling,
         )
 
+    @property
+    def average(self) -> bool | str | None:
+        """How the per-class values are averaged (``False``: not averaged; ``True`` reads as
+        ``"macro"``)."""
+        return self._average
+
     def reset(self) -> None:
         zero = torch.tensor(0.0, dtype=torch.float64, device=self._device)
         self._numerator = zero

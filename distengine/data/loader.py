@@ -1,4 +1,9 @@
-"""``auto_dataloader``: a DataLoader over a resumable, sharded sampler with per-sample seeding."""
+"""``auto_dataloader``: a DataLoader over a resumable, sharded sampler with per-sample seeding.
+
+Ignite users call it as ``idist.auto_dataloader`` (``ignite.distributed.auto_dataloader``):
+:mod:`distengine.distributed` re-exports it lazily, the one import from a lower layer to a
+higher one that the layer contract allows (docs/internals.md, "Layers").
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from distengine import distributed as idist
 from distengine.data.sampler import ResumableDistributedSampler
 from distengine.data.seeded import SeededDataset
-from distengine.engine.preemption import ignore_preemption_signals
+from distengine.signals import ignore_preemption_signals
 
 __all__ = ["auto_dataloader"]
 
@@ -63,8 +69,6 @@ def auto_dataloader(
         >>> [len(b[0]) for b in loader]  # alone: no padding, a shorter last batch
         [4, 4, 2]
     """
-    from distengine import distributed as idist
-
     if isinstance(dataset, IterableDataset):
         raise TypeError(
             "auto_dataloader needs a map-style dataset (with __getitem__ and __len__) to shard and "
