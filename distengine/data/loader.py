@@ -21,6 +21,22 @@ from distengine.signals import ignore_preemption_signals
 __all__ = ["auto_dataloader"]
 
 
+def workers_per_rank(num_workers: int, nproc_per_node: int) -> int:
+    """Returns the DataLoader workers each rank starts for ``num_workers`` per node.
+
+    Ignite's rule, kept so that a ported script starts as many worker processes: the
+    per-node count is divided among the node's processes (rounded up) once there are at
+    least as many workers as processes; a smaller count is used by every rank as given.
+
+    Example:
+        >>> workers_per_rank(8, 2), workers_per_rank(4, 3), workers_per_rank(2, 3)
+        (4, 2, 2)
+    """
+    if num_workers >= nproc_per_node:
+        return -(-num_workers // nproc_per_node)
+    return num_workers
+
+
 def auto_dataloader(
     dataset: Any,
     batch_size: int,
@@ -57,7 +73,8 @@ def auto_dataloader(
         batch_size: the global batch size (any positive int; see above).
         shuffle: a new permutation per data pass (``False``: dataset order, for evaluation).
         num_workers: DataLoader worker processes **per node**, as in Ignite: each rank starts
-            ``ceil(num_workers / processes per node)``.
+            ``ceil(num_workers / processes per node)`` (``num_workers`` itself when it is
+            smaller than the processes per node; see :func:`workers_per_rank`).
         drop_last: drop the last partial global batch instead of delivering it.
         pin_memory: default: ``True`` when CUDA is the device.
         **kwargs: other DataLoader arguments (``collate_fn``, ``persistent_workers`` …).
@@ -107,7 +124,7 @@ def auto_dataloader(
     if pin_memory is None:
         pin_memory = "cuda" in str(idist.device())
     nproc_per_node = max(1, world_size // idist.get_nnodes())
-    num_workers = -(-num_workers // nproc_per_node)
+    num_workers = workers_per_rank(num_workers, nproc_per_node)
     user_init = kwargs.pop("worker_init_fn", None)
     if num_workers > 0:
         kwargs["worker_init_fn"] = _WorkerInit(user_init)

@@ -333,3 +333,14 @@ def test_lazy_seeding_sees_a_draw_that_only_takes_a_cached_gaussian(uses):
     _seed_caller(4)
     assert _batches(ds_lazy, one_by_one) == expected
     assert ds_lazy.drawn == set(uses)
+
+
+def test_workers_per_rank_follows_ignites_rule():
+    from distengine.data.loader import workers_per_rank
+
+    assert workers_per_rank(0, 2) == 0
+    assert workers_per_rank(8, 2) == 4
+    assert workers_per_rank(4, 3) == 2  # ceil(4 / 3)
+    # fewer workers than processes on the node: every rank starts them as given (Ignite)
+    assert workers_per_rank(2, 3) == 2
+    assert workers_per_rank(1, 8) == 1
