@@ -35,7 +35,7 @@ def _summary_writer_class() -> type:
 
 
 class TensorBoardLogger(ScalarLogger):
-    """Write logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
+    """Writes logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
 
     Uses ``torch.utils.tensorboard.SummaryWriter`` (needs the optional ``tensorboard``
     package: ``pip install 'distengine[tensorboard]'``). Only the main process creates the

@@ -33,8 +33,14 @@ class BatchSizeScheduler(BaseParamScheduler):
         ValueError: the loader has no ``BatchSampler``, or it comes from ``auto_dataloader``.
 
     Example:
-        >>> scheduler = BatchSizeScheduler(loader, scheduler_fn=lambda e: 32 * (e + 1))
-        >>> scheduler.attach(trainer)  # doctest: +SKIP
+        >>> scheduler = BatchSizeScheduler(loader, scheduler_fn=lambda e: 4 * (e + 1))
+        >>> scheduler.attach(trainer)
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def show(engine):
+        ...     print(engine.state.epoch, engine.state.batch[0].shape[0])
+        >>> state = trainer.run(loader, max_epochs=2)
+        1 4
+        2 8
     """
 
     def __init__(

@@ -63,10 +63,17 @@ class ParamGroupScheduler:
             lengths differ.
 
     Example:
+        >>> from distengine.handlers import CosineAnnealingScheduler
+        >>> optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
         >>> backbone = CosineAnnealingScheduler(optimizer, "lr", 1e-3, 1e-5, 100, param_group_index=0)
         >>> head = CosineAnnealingScheduler(optimizer, "lr", 1e-2, 1e-4, 100, param_group_index=1)
         >>> scheduler = ParamGroupScheduler([backbone, head], names=["lr (base)", "lr (head)"])
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler.attach(trainer)
+        >>> [group["lr"] for group in optimizer.param_groups]  # set at the first iteration
+        [0.1, 0.1]
+        >>> scheduler(None)
+        >>> [group["lr"] for group in optimizer.param_groups]
+        [0.001, 0.01]
     """
 
     def __init__(
@@ -190,10 +197,14 @@ class ConcatScheduler(ParamScheduler):
             schedulers of different optimizers or parameters.
 
     Example:
+        >>> from distengine.handlers import CosineAnnealingScheduler, LinearCyclicalScheduler
         >>> warm = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=8)
         >>> decay = CosineAnnealingScheduler(optimizer, "lr", 1.0, 0.2, cycle_size=4)
-        >>> scheduler = ConcatScheduler([warm, decay], durations=[4])
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = ConcatScheduler([warm, decay], durations=[4], save_history=True)
+        >>> scheduler.attach(trainer)
+        >>> history = trainer.run(loader, max_epochs=2).param_history["lr"]
+        >>> [round(lr, 2) for [lr] in history]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 0.88, 0.6, 0.32]
     """
 
     def __init__(

@@ -95,9 +95,11 @@ class LRScheduler(ParamScheduler):
 
     Example:
         >>> from torch.optim.lr_scheduler import StepLR
-        >>> scheduler = LRScheduler(StepLR(optimizer, step_size=3, gamma=0.1))
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = LRScheduler(StepLR(optimizer, step_size=3, gamma=0.5), save_history=True)
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
         >>> to_save = {"trainer": trainer, "optimizer": optimizer, "lr_scheduler": scheduler}
+        >>> trainer.run(loader, max_epochs=2).param_history["lr"]
+        [[0.1], [0.1], [0.1], [0.05], [0.05], [0.05], [0.025], [0.025]]
     """
 
     def __init__(
@@ -202,10 +204,18 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
         ValueError: (when called) the engine has no metric ``metric_name``.
 
     Example:
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
         >>> scheduler = ReduceLROnPlateauScheduler(
         ...     optimizer, metric_name="accuracy", mode="max", factor=0.5, patience=1, trainer=trainer
         ... )
-        >>> evaluator.add_event_handler(Events.COMPLETED, scheduler)  # doctest: +SKIP
+        >>> scheduler.attach(evaluator, Events.COMPLETED)
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> optimizer.param_groups[0]["lr"]  # halved if accuracy stalled for 2 evaluations
+        0.1
     """
 
     def __init__(

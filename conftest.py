@@ -1,0 +1,48 @@
+"""Names that docstring examples in ``distengine/`` may use without building them.
+
+``python -m pytest --doctest-modules distengine`` runs every ``>>>`` example in the library
+(CI does, see ``.ci/run``). So that an example shows the call it documents rather than ten
+lines of setup, each example starts with these fresh objects (built again for every example,
+with ``torch.manual_seed(0)``):
+
+- ``model``: ``torch.nn.Linear(4, 3)``, a 3-class classifier of 4 features;
+- ``optimizer``: ``torch.optim.SGD(model.parameters(), lr=0.1)``;
+- ``loader``: a ``DataLoader`` of 4 batches of 4 ``(x, y)`` samples (16 in all);
+- ``trainer``: ``create_supervised_trainer(model, optimizer, cross_entropy)`` (its output
+  is the batch loss, a float);
+- ``evaluator``: ``create_supervised_evaluator(model)`` (its output is ``(y_pred, y)``);
+- ``torch``, ``Engine`` and ``Events``.
+
+Anything else an example uses, it builds or imports itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _pytest.doctest import DoctestItem
+
+
+@pytest.fixture(autouse=True)
+def _doctest_objects(request: pytest.FixtureRequest) -> None:
+    if not isinstance(request.node, DoctestItem):
+        return
+    import torch
+
+    from distengine import Engine, Events
+    from distengine.engine import create_supervised_evaluator, create_supervised_trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dataset = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    namespace = request.getfixturevalue("doctest_namespace")
+    namespace.update(
+        torch=torch,
+        Engine=Engine,
+        Events=Events,
+        model=model,
+        optimizer=optimizer,
+        loader=torch.utils.data.DataLoader(dataset, batch_size=4),
+        trainer=create_supervised_trainer(model, optimizer, torch.nn.functional.cross_entropy),
+        evaluator=create_supervised_evaluator(model),
+    )
