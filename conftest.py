@@ -3,13 +3,13 @@
 ``python -m pytest --doctest-modules distengine`` runs every ``>>>`` example in the library
 (CI does, see ``.ci/run``). So that an example shows the call it documents rather than ten
 lines of setup, each example starts with these fresh objects (built again for every example,
-with ``torch.manual_seed(0)``):
+with ``torch.manual_seed(0)``), in a fresh temporary working directory:
 
 - ``model``: ``torch.nn.Linear(4, 3)``, a 3-class classifier of 4 features;
 - ``optimizer``: ``torch.optim.SGD(model.parameters(), lr=0.1)``;
 - ``loader``: a ``DataLoader`` of 4 batches of 4 ``(x, y)`` samples (16 in all);
 - ``trainer``: ``create_supervised_trainer(model, optimizer, cross_entropy)`` (its output
-  is the batch loss, a float);
+  is the batch loss);
 - ``evaluator``: ``create_supervised_evaluator(model)`` (its output is ``(y_pred, y)``);
 - ``torch``, ``Engine`` and ``Events``.
 
@@ -23,9 +23,10 @@ from _pytest.doctest import DoctestItem
 
 
 @pytest.fixture(autouse=True)
-def _doctest_objects(request: pytest.FixtureRequest) -> None:
+def _doctest_objects(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> None:
     if not isinstance(request.node, DoctestItem):
         return
+    monkeypatch.chdir(tmp_path)  # files an example writes (logs, checkpoints) go there
     import torch
 
     from distengine import Engine, Events

@@ -91,10 +91,12 @@ def global_step_from_engine(
     Example:
         >>> from distengine.handlers import CSVLogger
         >>> logger = CSVLogger("log.csv")
-        >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loader))
-        >>> logger.attach_output_handler(evaluator, Events.COMPLETED, tag="validation",
-        ...                              output_transform=lambda out: {"rows": len(out[1])},
-        ...                              global_step_transform=global_step_from_engine(trainer))
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> _ = logger.attach_output_handler(evaluator, Events.COMPLETED, tag="validation",
+        ...                                  output_transform=lambda out: {"rows": len(out[1])},
+        ...                                  global_step_transform=global_step_from_engine(trainer))
         >>> state = trainer.run(loader, max_epochs=2)
         >>> logger.close()
         >>> print(open("log.csv").read())  # the trainer's epoch and iteration

@@ -100,11 +100,15 @@ class Checkpoint:
             ``filename_prefix`` …).
 
     Example:
-        >>> to_save = {"model": model, "optimizer": opt, "trainer": trainer}  # doctest: +SKIP
-        >>> handler = Checkpoint(to_save, DiskSaver("/ckpt", require_empty=False), n_saved=2)  # doctest: +SKIP
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED(every=100), handler)  # doctest: +SKIP
-        >>> path = Checkpoint.latest("/ckpt")  # on every rank  # doctest: +SKIP
-        >>> if path: Checkpoint.load_objects(to_save, path)  # doctest: +SKIP
+        >>> to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
+        >>> handler = Checkpoint(to_save, DiskSaver("ckpt", require_empty=False), n_saved=2)
+        >>> handle = trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), handler)
+        >>> path = Checkpoint.latest("ckpt")  # on every rank; None: nothing saved yet
+        >>> if path:
+        ...     Checkpoint.load_objects(to_save, path)
+        >>> state = trainer.run(loader, max_epochs=2)
+        >>> handler.last_checkpoint.name  # 4 saved, the newest 2 kept
+        'checkpoint_8.pt'
     """
 
     SAVED_CHECKPOINT = CheckpointEvents.SAVED_CHECKPOINT
@@ -411,8 +415,11 @@ class ModelCheckpoint(Checkpoint):
         **kwargs: :class:`DiskSaver` options (``torch.save`` and storage options).
 
     Example:
-        >>> handler = ModelCheckpoint("/tmp/models", "myprefix", n_saved=2, require_empty=False)  # doctest: +SKIP
-        >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, handler, {"model": model})  # doctest: +SKIP
+        >>> handler = ModelCheckpoint("models", "myprefix", n_saved=2, require_empty=False)
+        >>> handle = trainer.add_event_handler(Events.EPOCH_COMPLETED, handler, {"model": model})
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> handler.last_checkpoint.name
+        'myprefix_model_12.pt'
     """
 
     _needs_objects = False

@@ -38,15 +38,17 @@ class CSVLogger(ScalarLogger):
         >>> from distengine.handlers.base_logger import global_step_from_engine
         >>> from distengine.metrics import Accuracy
         >>> Accuracy().attach(evaluator, "accuracy")
-        >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loader))
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
         >>> with CSVLogger("runs/exp1/log.csv") as csv_logger:
-        ...     csv_logger.attach_output_handler(
+        ...     _ = csv_logger.attach_output_handler(
         ...         trainer, Events.ITERATION_COMPLETED(every=2), tag="training",
         ...         output_transform=lambda loss: {"loss": loss})
-        ...     csv_logger.attach_output_handler(
+        ...     _ = csv_logger.attach_output_handler(
         ...         evaluator, Events.COMPLETED, tag="validation", metric_names=["accuracy"],
         ...         global_step_transform=global_step_from_engine(trainer))
-        ...     csv_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
+        ...     _ = csv_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
         ...     state = trainer.run(loader, max_epochs=2)
         >>> print(open("runs/exp1/log.csv").read())  # doctest: +ELLIPSIS
         epoch,iteration,lr/group_0,training/loss,validation/accuracy

@@ -57,11 +57,19 @@ class EarlyStopping:
     ``handler.threshold``, with a ``DeprecationWarning``).
 
     Example:
+        >>> from distengine.metrics import Loss
+        >>> Loss(torch.nn.functional.cross_entropy).attach(evaluator, "loss")
         >>> handler = EarlyStopping(
         ...     patience=3, score_function=lambda ev: -ev.state.metrics["loss"], trainer=trainer
         ... )
-        >>> evaluator.add_event_handler(Events.COMPLETED, handler)
+        >>> handle = evaluator.add_event_handler(Events.COMPLETED, handler)
         >>> to_save = {"trainer": trainer, "model": model, "early_stopping": handler}
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> handler.counter  # validations in a row without a better loss
+        0
     """
 
     def __init__(
@@ -224,7 +232,8 @@ class EarlyStopping:
             reset_event: the resetting event.
 
         Example:
-            >>> handler.attach(evaluator, reset_engine=trainer)
+            >>> handler = EarlyStopping(patience=2, score_function=lambda ev: 0.0, trainer=trainer)
+            >>> handler.attach(evaluator, reset_engine=trainer)  # the count restarts with each run
         """
         engine.add_event_handler(event, self)
         if reset_engine is None and engine is self.trainer:

@@ -55,9 +55,14 @@ class EMAHandler:
             unknown ``handle_buffers``.
 
     Example:
+        >>> from distengine.engine import create_supervised_evaluator
+        >>> from distengine.metrics import Accuracy
         >>> ema = EMAHandler(model, momentum=0.0002, momentum_warmup=0.01, warmup_iters=1000)
-        >>> ema.attach(trainer)  # doctest: +SKIP
-        >>> evaluator = create_supervised_evaluator(ema.ema_model, metrics=...)  # doctest: +SKIP
+        >>> ema.attach(trainer)
+        >>> ema_evaluator = create_supervised_evaluator(ema.ema_model, metrics={"acc": Accuracy()})
+        >>> state = trainer.run(loader, max_epochs=1)
+        >>> ema_evaluator.run(loader).metrics["acc"]  # doctest: +ELLIPSIS
+        0...
         >>> to_save = {"trainer": trainer, "model": model, "ema": ema}
     """
 

@@ -49,9 +49,15 @@ class TerminateOnNan:
         output_transform: maps ``engine.state.output`` to the value to check.
 
     Example:
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED,
-        ...                           TerminateOnNan(output_transform=lambda out: out["loss"]))
+        >>> handle = trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(float("nan"))
+        >>> trainer.run(loader, max_epochs=2).iteration  # stopped after the first iteration
+        1
+
+        For an output that is a dict, say which value to check:
+
+        >>> nan_check = TerminateOnNan(output_transform=lambda out: out["loss"])
     """
 
     def __init__(self, output_transform: Callable[[Any], Any] = lambda x: x) -> None:

@@ -50,11 +50,14 @@ class ThroughputLogger:
         clock: returns the current time in seconds (``time.perf_counter`` by default).
 
     Example:
-        >>> ThroughputLogger().attach(trainer)
-        >>> csv_logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train",
-        ...                                  metric_names=["samples_per_sec"])
-        >>> trainer.run(loader, max_epochs=2)
-        >>> trainer.state.metrics["samples_per_sec"]  # job-wide, same on every rank
+        >>> from distengine.handlers import CSVLogger
+        >>> throughput = ThroughputLogger().attach(trainer)
+        >>> with CSVLogger("log.csv") as csv_logger:
+        ...     handle = csv_logger.attach_output_handler(
+        ...         trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["samples_per_sec"])
+        ...     state = trainer.run(loader, max_epochs=2)
+        >>> trainer.state.metrics["samples_per_sec"] > 0  # job-wide, same on every rank
+        True
     """
 
     def __init__(

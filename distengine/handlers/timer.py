@@ -30,16 +30,16 @@ class Timer:
     Example:
         Average time of one iteration's process function:
 
-        >>> timer = Timer(average=True)
-        >>> timer.attach(
+        >>> timer = Timer(average=True).attach(
         ...     trainer,
         ...     start=Events.EPOCH_STARTED,
         ...     resume=Events.ITERATION_STARTED,
         ...     pause=Events.ITERATION_COMPLETED,
         ...     step=Events.ITERATION_COMPLETED,
         ... )
-        >>> trainer.run(data, max_epochs=1)
-        >>> timer.value()  # seconds per iteration
+        >>> state = trainer.run(loader, max_epochs=1)
+        >>> timer.step_count, 0 < timer.value() < 1  # 4 iterations, seconds per iteration
+        (4.0, True)
     """
 
     def __init__(self, average: bool = False, *, clock: Callable[[], float] = time.perf_counter):
@@ -72,6 +72,9 @@ class Timer:
         Example:
             >>> epoch_timer = Timer().attach(trainer, start=Events.EPOCH_STARTED,
             ...                              pause=Events.EPOCH_COMPLETED)
+            >>> state = trainer.run(loader, max_epochs=1)
+            >>> epoch_timer.value() > 0  # seconds of the last epoch
+            True
         """
         engine.add_event_handler(start, self.reset)
         engine.add_event_handler(pause, self.pause)
