@@ -262,7 +262,12 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         without recording gradients.
 
         Example:
-            >>> metric.iteration_completed(engine)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> evaluator.state.output = (torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
+            >>> metric.iteration_completed(evaluator)
+            >>> metric.compute()
+            0.5
         """
         if torch.is_grad_enabled():
             with torch.no_grad():
@@ -316,9 +321,10 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
                 ``BatchFiltered(every=...)``.
 
         Example:
-            >>> Accuracy().attach(evaluator, "accuracy")  # doctest: +SKIP
-            >>> evaluator.run(val_loader).metrics["accuracy"]  # doctest: +SKIP
-            0.93
+            >>> from distengine.metrics import Accuracy
+            >>> Accuracy().attach(evaluator, "accuracy")
+            >>> evaluator.run(loader).metrics["accuracy"]
+            0.4375
         """
         from distengine.metrics.attachment import reducer_of
 
@@ -330,8 +336,11 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         """Detaches the metric (all its names for this usage) from ``engine``.
 
         Example:
-            >>> metric.detach(engine)  # doctest: +SKIP
-            >>> metric.is_attached(engine)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> metric.attach(evaluator, "accuracy")
+            >>> metric.detach(evaluator)
+            >>> metric.is_attached(evaluator)
             False
         """
         from distengine.metrics.attachment import reducer_of
@@ -345,7 +354,10 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         """Whether the metric is attached to ``engine`` with ``usage``.
 
         Example:
-            >>> metric.is_attached(engine, usage="epoch_wise")  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> metric.attach(evaluator, "accuracy")
+            >>> metric.is_attached(evaluator, usage="epoch_wise")
             True
         """
         from distengine.metrics.attachment import reducer_of
@@ -369,8 +381,13 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         own state) and lists or dicts of these.
 
         Example:
-            >>> sd = metric.rank_state_dict()  # doctest: +SKIP
-            >>> other.load_rank_state_dict(sd)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric, other = Accuracy(), Accuracy()
+            >>> metric.update((torch.tensor([[0.9, 0.1]]), torch.tensor([0])))
+            >>> sd = metric.rank_state_dict()
+            >>> other.load_rank_state_dict(sd)
+            >>> other.compute()
+            1.0
         """
         state = {}
         for key in self._state_names():
@@ -414,8 +431,12 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         this is for a metric used on its own.
 
         Example:
-            >>> m = Accuracy()  # doctest: +SKIP
-            >>> other.load_state_dict(m.state_dict())  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> m, other = Accuracy(), Accuracy()
+            >>> m.update((torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([0, 1])))
+            >>> other.load_state_dict(m.state_dict())
+            >>> other.compute()
+            0.5
         """
         mine = self.rank_state_dict()
         per_rank = idist.all_gather(mine) if idist.get_world_size() > 1 else [mine]
