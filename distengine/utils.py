@@ -170,8 +170,10 @@ def setup_logger(
         The logger.
 
     Example:
-        >>> trainer.logger = setup_logger("trainer")  # doctest: +SKIP
-        >>> # 2026-01-21 12:46:07,356 trainer INFO: Engine run starting with max_epochs=5.
+        >>> import sys
+        >>> logger = setup_logger("my_job", stream=sys.stdout, format="%(name)s %(levelname)s: %(message)s")
+        >>> logger.info("epoch 1 done")  # printed by rank 0 only
+        my_job INFO: epoch 1 done
     """
     existing = name is None or name in logging.root.manager.loggerDict
     logger = logging.getLogger(name)
@@ -245,9 +247,10 @@ def hash_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> tupl
         FileNotFoundError: ``checkpoint_path`` does not exist.
 
     Example:
-        >>> path, digest = hash_checkpoint("runs/best.pt", "release")  # doctest: +SKIP
-        >>> path.name  # doctest: +SKIP
-        'best-1f2e3d4c.pt'
+        >>> torch.save(model.state_dict(), "best.pt")
+        >>> path, digest = hash_checkpoint("best.pt", "release")
+        >>> path.name == f"best-{digest[:8]}.pt"
+        True
     """
     source = Path(checkpoint_path)
     if not source.is_file():

@@ -121,7 +121,12 @@ def read_payload(
         FileNotFoundError: there is no such payload.
 
     Example:
-        >>> sd = read_payload("/ckpt/checkpoint_100.pt", map_location="cpu")  # doctest: +SKIP
+        >>> from distengine.handlers import Checkpoint
+        >>> handler = Checkpoint({"model": model}, "ckpt")
+        >>> handler(trainer)
+        >>> sd = read_payload(handler.last_checkpoint, map_location="cpu")  # checked, then loaded
+        >>> sorted(sd)  # one object: its state dict itself, as in Ignite
+        ['bias', 'weight']
     """
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"Expected a checkpoint path or URL (str), got {type(url).__name__}")

@@ -309,7 +309,9 @@ def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
         >>> import distengine.distributed as idist
         >>> idist.broadcast({"seed": 7}, src=0)
         {'seed': 7}
-        >>> config = idist.broadcast(None, src=0, safe_mode=True)  # doctest: +SKIP
+        >>> # safe_mode: ranks other than src may pass None (they need not know the type)
+        >>> idist.broadcast(None if idist.get_rank() > 0 else {"seed": 7}, src=0, safe_mode=True)
+        {'seed': 7}
     """
     rt = _group()
     world = rt.env.world_size if rt is not None else 1

@@ -113,8 +113,7 @@ def show_config() -> None:
 
     Example:
         >>> import distengine.distributed as idist
-        >>> idist.show_config()  # doctest: +SKIP
-        ... distengine.distributed.utils INFO: distributed configuration: serial
+        >>> idist.show_config()  # logs "distributed configuration: serial" here (stderr)
     """
     from distengine.utils import setup_logger  # distengine.utils imports this package
 

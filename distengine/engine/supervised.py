@@ -258,7 +258,7 @@ def supervised_training_step_tpu(*args: Any, **kwargs: Any) -> Callable[[Engine,
         RuntimeError: always, naming the supported alternatives.
 
     Example:
-        >>> supervised_training_step_tpu(model, opt, loss_fn, "xla")  # doctest: +SKIP
+        >>> supervised_training_step_tpu(model, optimizer, torch.nn.MSELoss(), "xla")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         RuntimeError: ...
     """
@@ -277,7 +277,7 @@ def supervised_training_step_apex(*args: Any, **kwargs: Any) -> Callable[[Engine
         RuntimeError: always, naming the alternative.
 
     Example:
-        >>> supervised_training_step_apex(model, opt, loss_fn, "cuda")  # doctest: +SKIP
+        >>> supervised_training_step_apex(model, optimizer, torch.nn.MSELoss(), "cuda")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         RuntimeError: ...
     """

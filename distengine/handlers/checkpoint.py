@@ -360,7 +360,9 @@ class Checkpoint:
             **storage_options: for the fsspec filesystem of a URL.
 
         Example:
-            >>> Checkpoint.load_objects({"model": model}, "/ckpt/model_100.pt", map_location="cpu")  # doctest: +SKIP
+            >>> handler = Checkpoint({"model": model}, "ckpt")
+            >>> handler(trainer)  # saves now
+            >>> Checkpoint.load_objects({"model": model}, handler.last_checkpoint, map_location="cpu")
         """
         load_objects(
             to_load,
@@ -394,6 +396,9 @@ class Checkpoint:
             **storage_options: for the fsspec filesystem of a URL.
 
         Example:
+            >>> Checkpoint.latest("ckpt") is None  # nothing saved there yet
+            True
+            >>> # needs an S3 bucket and its credentials:
             >>> path = Checkpoint.latest("s3://bucket/run1", key="...", secret="...")  # doctest: +SKIP
         """
         storage = getattr(dirname, "storage", None)
