@@ -13,12 +13,12 @@ import torch
 
 from distengine import distributed as idist
 from distengine.checkpoint.catalog import load_manifest
-from distengine.checkpoint.collective import gather_to_all, handshake
+from distengine.checkpoint.content import RESERVED_KEY, apply_tree, check_objects, rank_state_only
+from distengine.checkpoint.coordination import gather_to_all, handshake
 from distengine.checkpoint.deadline import Progress, call_with_progress
 from distengine.checkpoint.errors import CheckpointError, CheckpointIntegrityError
 from distengine.checkpoint.manifest import Manifest, manifest_candidates, manifest_name
 from distengine.checkpoint.sharded import load_deferred
-from distengine.checkpoint.state import RESERVED_KEY, apply_tree, check_objects, rank_state_only
 from distengine.checkpoint.storage import Storage, _CountingReader
 
 __all__ = ["load_objects", "read_payload", "split_url"]

@@ -761,7 +761,7 @@ class Engine(EventRegistry):
         s, dp = self.state, self._pos.data
         digest = dp.sampler.global_batch_digest(dp.batches - 1) if dp.sampler is not None else 0
         idist.check_in_sync(
-            (s.epoch, s.iteration, dp.index, digest),
+            (s.epoch, s.iteration, dp.number, digest),
             ("epoch", "iteration", "data pass", "batch index digest"),
         )
 

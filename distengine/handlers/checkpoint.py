@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from distengine.checkpoint.catalog import latest_for_all
-from distengine.checkpoint.collective import handshake
 from distengine.checkpoint.config import CheckpointConfig, check_to_save, default_score_fn
+from distengine.checkpoint.content import check_objects, rank_state_only, tree_state_dict
+from distengine.checkpoint.coordination import handshake
 from distengine.checkpoint.loading import load_objects
 from distengine.checkpoint.naming import check_pattern, render_filename, setup_filename_pattern
 from distengine.checkpoint.policy import Item
 from distengine.checkpoint.protocol import CollectiveSave, DirectoryTarget, target_for
 from distengine.checkpoint.save_handler import BaseSaveHandler
-from distengine.checkpoint.state import check_objects, rank_state_only, tree_state_dict
 from distengine.checkpoint.storage import Storage
 from distengine.engine import Engine, EventEnum, Events
 from distengine.handlers.disk_saver import DiskSaver
