@@ -119,7 +119,7 @@ def convert_tensor(
 
 
 def to_onehot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """One-hot indicators of shape ``(N, num_classes, ...)`` (``uint8``) from indices of shape ``(N, ...)``.
+    """Returns one-hot indicators of shape ``(N, num_classes, ...)`` (``uint8``) from indices of shape ``(N, ...)``.
 
     Args:
         indices: integer class indices, on any device (the result is on the same one).
@@ -150,7 +150,7 @@ def setup_logger(
     reset: bool = False,
     encoding: str | None = "utf-8",
 ) -> logging.Logger:
-    """A named logger that writes on rank 0 only (to ``stream`` and optionally a file).
+    """Sets up a named logger that writes on rank 0 only (to ``stream`` and optionally a file).
 
     On other ranks its handlers are replaced by a ``NullHandler``, so a job of N
     processes prints each message once. A logger configured before keeps its

@@ -55,7 +55,7 @@ def _release(rt: object, buf: torch.Tensor) -> None:
 
 
 def agree_flags(flags: int) -> int:
-    """Bitwise OR of ``flags`` over all ranks, in one small CPU collective.
+    """Returns the bitwise OR of ``flags`` over all ranks, in one small CPU collective.
 
     Args:
         flags: a non-negative int of request bits (e.g. terminate = 1).

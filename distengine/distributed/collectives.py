@@ -288,7 +288,7 @@ def all_gather_tensors_with_shapes(
 
 
 def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
-    """Rank ``src``'s ``tensor`` on every rank; ``tensor`` itself in a job of one.
+    """Broadcasts rank ``src``'s ``tensor`` to every rank; returns ``tensor`` itself in a job of one.
 
     Without ``safe_mode`` every rank passes the same kind: tensors of the same shape and
     dtype (filled in place and returned), or picklable objects, ``None`` included (the

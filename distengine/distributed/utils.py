@@ -86,7 +86,7 @@ has_hvd_support: bool = False
 
 
 def available_backends() -> tuple[str, ...]:
-    """The torch backends this build offers, among ``"nccl"``, ``"gloo"`` and ``"mpi"``.
+    """Returns the torch backends this build offers, among ``"nccl"``, ``"gloo"`` and ``"mpi"``.
 
     Example:
         >>> import distengine.distributed as idist
@@ -175,7 +175,7 @@ def set_local_rank(index: int) -> None:
 
 
 def one_rank_only(rank: int = 0, with_barrier: bool = False) -> Callable[[F], F]:
-    """Decorator: the function runs on ``rank`` only and returns ``None`` elsewhere.
+    """Makes the decorated function run on ``rank`` only and return ``None`` elsewhere.
 
     Typical for handlers that write files or print. With ``with_barrier=True`` every
     rank waits at a barrier after the call, so the others do not run ahead of the one

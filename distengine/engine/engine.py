@@ -243,7 +243,7 @@ class Engine(EventRegistry):
 
     # --- state_dict --------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """The run's position and what resuming it needs.
+        """Returns the run's position and what resuming it needs.
 
         Ignite's keys (``iteration``, ``epoch_length``, ``max_epochs`` or ``max_iters``, the
         user keys) plus ``seed``, ``run_id``, the data pass, the cursor, the epoch state and

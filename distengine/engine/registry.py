@@ -72,7 +72,7 @@ class EventRegistry:
                     setattr(self.state, attr, 0)
 
     def has_registered_events(self, event: Any) -> bool:
-        """Whether ``event`` is known to this engine (core or registered)."""
+        """Returns whether ``event`` is known to this engine (core or registered)."""
         return event in self._allowed_events
 
     def _assert_allowed_event(self, event_name: Any) -> None:
@@ -137,7 +137,7 @@ class EventRegistry:
         return filtered
 
     def on(self, event_name: Any, *args: Any, **kwargs: Any) -> Callable:
-        """Decorator form of :meth:`add_event_handler`.
+        """Attaches the decorated function to ``event_name`` (see :meth:`add_event_handler`).
 
         Example:
             >>> @trainer.on(Events.ITERATION_COMPLETED(every=2))
@@ -155,7 +155,7 @@ class EventRegistry:
         return decorator
 
     def has_event_handler(self, handler: Callable, event_name: Any | None = None) -> bool:
-        """Whether ``handler`` is attached (to ``event_name``, or to any event)."""
+        """Returns whether ``handler`` is attached (to ``event_name``, or to any event)."""
         if event_name is not None:
             if event_name not in self._event_handlers:
                 return False

@@ -72,7 +72,7 @@ class _StepFromEngine:
 def global_step_from_engine(
     engine: Engine, custom_event_name: Any = None, fallback_attr: str = "epoch"
 ) -> Callable[[Engine, Any], int]:
-    """Label logged values with another engine's counters (usually the trainer's).
+    """Labels logged values with another engine's counters (usually the trainer's).
 
     Pass the result as ``global_step_transform`` when logging an evaluator: the step is
     the trainer's iteration for iteration events and its epoch otherwise, and CSV rows

@@ -211,7 +211,7 @@ class Checkpoint:
         self._protocol.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"_saved": [(priority, filename), ...]}`` (Ignite's form)."""
+        """Returns the kept checkpoints: ``{"_saved": [(priority, filename), ...]}`` (as Ignite)."""
         return {"_saved": [(p, f) for p, f in self._protocol.saved]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -380,7 +380,9 @@ class Checkpoint:
         io_timeout: float | None = None,
         **storage_options: Any,
     ) -> str | None:
-        """Path/URL of the newest valid checkpoint that holds an engine, or None; a collective.
+        """Returns the newest valid checkpoint that holds an engine (path or URL), or None.
+
+        A collective: call it on every rank.
 
         Rank 0 lists the manifests and verifies them as :meth:`load_objects` would
         (manifest checksum and fields, then digests), highest save sequence number first,

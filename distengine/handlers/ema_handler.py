@@ -150,7 +150,7 @@ class EMAHandler:
         engine.add_event_handler(event, self._update_ema_model, name)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"ema_model": ..., "momentum_scheduler": ... or None}``."""
+        """Returns ``{"ema_model": ..., "momentum_scheduler": ... or None}``."""
         scheduler = self.momentum_scheduler
         return {
             "ema_model": self.ema_model.state_dict(),

@@ -154,7 +154,7 @@ def setup_tb_logging(
     evaluator_metric_names: MetricNames = "all",
     **kwargs: Any,
 ) -> TensorBoardLogger:
-    """A :class:`TensorBoardLogger` writing to ``output_path`` with the usual handlers.
+    """Creates a :class:`TensorBoardLogger` writing to ``output_path`` with the usual handlers.
 
     See :func:`setup_logging` for what is logged and when. Only the main process writes
     event files; call ``close()`` on the returned logger at the end.

@@ -88,7 +88,7 @@ class ProgressBar:
         self._counter = "iteration"
 
     def log_message(self, message: str) -> None:
-        """Print ``message`` above the bar without breaking it (main process only).
+        """Prints ``message`` above the bar without breaking it (main process only).
 
         Example:
             >>> import sys
@@ -108,7 +108,7 @@ class ProgressBar:
         closing_event_name: Any = Events.EPOCH_COMPLETED,
         state_attributes: list[str] | None = None,
     ) -> None:
-        """Draw the bar on ``engine``.
+        """Draws the bar on ``engine``.
 
         Args:
             engine: the engine to follow.

@@ -151,7 +151,7 @@ class ScalarLogger(BaseLogger):
 
     @abstractmethod
     def _write(self, values: dict[str, float | int], epoch: int, iteration: int, step: int) -> None:
-        """Write one event's values, labelled with epoch, iteration and step."""
+        """Writes one event's values, labelled with epoch, iteration and step."""
 
     @abstractmethod
     def _close(self) -> None:
@@ -178,5 +178,5 @@ class ScalarLogger(BaseLogger):
         self._write(values, labels.state.epoch, labels.state.iteration, step)
 
     def close(self) -> None:
-        """Flush and close the output (no-op on ranks that write nothing)."""
+        """Flushes and closes the output (no-op on ranks that write nothing)."""
         self._close()

@@ -88,7 +88,7 @@ class StateParamScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, value], ...]`` for ``num_events`` events (``save_history`` is ignored).
+        """Returns ``[[i, value], ...]`` for ``num_events`` events (``save_history`` is ignored).
 
         Example:
             >>> StepStateScheduler.simulate_values(

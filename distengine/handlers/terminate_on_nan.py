@@ -17,7 +17,7 @@ _log = logging.getLogger(__name__)
 
 
 def _all_finite(value: Any) -> bool:
-    """Return False if ``value`` -- a number, tensor, or nested sequence/mapping -- has NaN/inf."""
+    """Returns False if ``value`` -- a number, tensor, or nested sequence/mapping -- has NaN/inf."""
     if isinstance(value, torch.Tensor):
         if not (value.is_floating_point() or value.is_complex()):
             return True
@@ -35,7 +35,7 @@ def _all_finite(value: Any) -> bool:
 
 
 class TerminateOnNan:
-    """Call ``engine.terminate()`` when the (transformed) output is not finite.
+    """Calls ``engine.terminate()`` when the (transformed) output is not finite.
 
     Numbers and floating-point tensors are checked, also inside lists, tuples and dicts;
     other values are ignored. The check is local: a NaN on one rank makes that rank
@@ -66,7 +66,7 @@ class TerminateOnNan:
         self._output_transform = output_transform
 
     def __call__(self, engine: Engine) -> None:
-        """Check ``engine.state.output``; terminate ``engine`` if it has a NaN or inf."""
+        """Checks ``engine.state.output``; terminates ``engine`` if it has a NaN or inf."""
         output = self._output_transform(engine.state.output)
         if _all_finite(output):
             return

@@ -16,7 +16,7 @@ _log = logging.getLogger(__name__)
 
 
 def _leading_dim(batch: Any) -> int | None:
-    """Return the first dimension of the first tensor found in ``batch``, if any."""
+    """Returns the first dimension of the first tensor found in ``batch``, if any."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.ndim > 0 else 1
     if isinstance(batch, Mapping):
@@ -78,7 +78,7 @@ class ThroughputLogger:
         self._reset()
 
     def attach(self, engine: Engine) -> ThroughputLogger:
-        """Count on ``engine``'s iterations and report at each of its epoch ends.
+        """Counts on ``engine``'s iterations and reports at each of its epoch ends.
 
         Attach it before any handler that reads ``engine.state.metrics[name]`` at
         ``EPOCH_COMPLETED``, since handlers run in the order they were added.

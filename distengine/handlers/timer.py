@@ -10,7 +10,7 @@ from distengine.engine import Engine, Events
 
 
 class Timer:
-    """Measure the time between events, in seconds, on this process.
+    """Measures the time between events, in seconds, on this process.
 
     The timer runs from ``reset`` (or construction); ``pause``/``resume`` exclude spans;
     ``step`` counts occurrences so that ``average=True`` gives the time per step. Each rank
@@ -57,7 +57,7 @@ class Timer:
         resume: Any | None = None,
         step: Any | None = None,
     ) -> Timer:
-        """Drive the timer from events of ``engine``.
+        """Drives the timer from events of ``engine``.
 
         Args:
             engine: the engine whose events control the timer.
@@ -85,7 +85,7 @@ class Timer:
         return self
 
     def reset(self, *args: Any) -> Timer:
-        """Set the total and step count to zero and start running (engine args ignored)."""
+        """Sets the total and step count to zero and starts running (engine args ignored)."""
         self._t0 = self._clock()
         self.total = 0.0
         self.step_count = 0.0
@@ -93,23 +93,23 @@ class Timer:
         return self
 
     def pause(self, *args: Any) -> None:
-        """Stop measuring, keeping the time so far; no effect if already paused."""
+        """Stops measuring, keeping the time so far; no effect if already paused."""
         if self.running:
             self.total += self._clock() - self._t0
             self.running = False
 
     def resume(self, *args: Any) -> None:
-        """Start measuring again after a pause; no effect if running."""
+        """Starts measuring again after a pause; no effect if running."""
         if not self.running:
             self._t0 = self._clock()
             self.running = True
 
     def step(self, *args: Any) -> None:
-        """Count one step (the divisor of ``value()`` when ``average=True``)."""
+        """Counts one step (the divisor of ``value()`` when ``average=True``)."""
         self.step_count += 1.0
 
     def value(self) -> float:
-        """Return the time measured so far, divided by the step count if ``average``.
+        """Returns the time measured so far, divided by the step count if ``average``.
 
         Example:
             >>> Timer(clock=iter([0.0, 2.5]).__next__).value()

@@ -351,7 +351,7 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             reducer.remove(self, usage)
 
     def is_attached(self, engine: Any, usage: str | MetricUsage | None = None) -> bool:
-        """Whether the metric is attached to ``engine`` with ``usage``.
+        """Returns whether the metric is attached to ``engine`` with ``usage``.
 
         Example:
             >>> from distengine.metrics import Accuracy
@@ -424,7 +424,7 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             setattr(self, key, loaded_value(current, state_dict[key], self._device))
 
     def state_dict(self) -> OrderedDict:
-        """Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
+        """Returns the state of every rank in Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
 
         At world size > 1 the ranks' states are gathered (a collective: call it on every
         rank). Attached metrics are already saved with the engine (``Engine.rank_state_dict``);

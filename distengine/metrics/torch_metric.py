@@ -155,7 +155,7 @@ class TorchMetric(Metric):
         self.update(output)
 
     def compute(self) -> Any:
-        """The wrapped metric's ``compute()`` over all ranks' states (reduced first)."""
+        """Returns the wrapped metric's ``compute()`` over all ranks' states (reduced first)."""
         if getattr(self, _COUNTER) == 0:
             raise NotComputableError(
                 f"{type(self.metric).__name__} must have at least one update before it can be computed"

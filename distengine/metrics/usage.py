@@ -179,7 +179,7 @@ _BY_NAME: dict[str, type[MetricUsage]] = {
 
 
 def as_usage(usage: str | MetricUsage) -> MetricUsage:
-    """The usage object for ``usage`` (a :class:`MetricUsage` or one of the ``usage_name`` strings).
+    """Returns the usage object for ``usage`` (a :class:`MetricUsage` or one of the ``usage_name`` strings).
 
     Example:
         >>> as_usage("batch_wise")

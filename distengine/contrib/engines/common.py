@@ -384,7 +384,9 @@ def save_best_model_by_val_score(
     score_sign: float = 1.0,
     **kwargs: Any,
 ) -> Checkpoint:
-    """:func:`gen_save_best_models_by_val_score` into the directory ``output_path``.
+    """Saves the best models by validation score into the directory ``output_path``.
+
+    :func:`gen_save_best_models_by_val_score` with a :class:`DiskSaver` there.
 
     Example:
         >>> from distengine.metrics import Accuracy

@@ -79,7 +79,7 @@ class BaseParamScheduler(ABC):
         self._save_history = value
 
     def state_dict(self) -> dict[str, Any]:
-        """The attributes that decide the next values (``event_index`` first).
+        """Returns the attributes that decide the next values (``event_index`` first).
 
         Nested schedulers (and wrapped torch schedulers) contribute their own
         ``state_dict()``.
@@ -129,12 +129,12 @@ class BaseParamScheduler(ABC):
 
     @abstractmethod
     def get_param(self) -> Any:
-        """The value at the current ``event_index`` (a number, or one per parameter group)."""
+        """Returns the value at the current ``event_index`` (a number, or one per parameter group)."""
 
     @classmethod
     @abstractmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[event_index, value], ...]`` for ``num_events`` events, without touching real state."""
+        """Returns ``[[event_index, value], ...]`` for ``num_events`` events, without touching real state."""
 
     @classmethod
     def plot_values(cls, num_events: int, **scheduler_kwargs: Any) -> Any:
@@ -248,7 +248,7 @@ class ParamScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, value_i], ...]`` from a scheduler of this class on a stand-in optimizer.
+        """Returns ``[[i, value_i], ...]`` from a scheduler of this class on a stand-in optimizer.
 
         Args:
             num_events: number of events to simulate.

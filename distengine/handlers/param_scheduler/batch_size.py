@@ -84,7 +84,7 @@ class BatchSizeScheduler(BaseParamScheduler):
         self.event_index += 1
 
     def get_param(self) -> int:
-        """``scheduler_fn(event_index)``."""
+        """Returns ``scheduler_fn(event_index)``."""
         return self.scheduler_fn(self.event_index)
 
     def attach(self, engine: Engine, event: Any = Events.EPOCH_STARTED) -> None:
@@ -93,7 +93,7 @@ class BatchSizeScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, scheduler_fn(i)], ...]``.
+        """Returns ``[[i, scheduler_fn(i)], ...]``.
 
         Raises:
             ValueError: no ``scheduler_fn`` given.

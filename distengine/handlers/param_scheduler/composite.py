@@ -131,11 +131,11 @@ class ParamGroupScheduler:
             s.save_history = value
 
     def get_param(self) -> list[Any]:
-        """Each scheduler's current value."""
+        """Returns each scheduler's current value."""
         return [s.get_param() for s in self.schedulers]
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"schedulers": [(name, state_dict), ...]}``."""
+        """Returns ``{"schedulers": [(name, state_dict), ...]}``."""
         return OrderedDict(
             schedulers=[(n, s.state_dict()) for n, s in zip(self.names, self.schedulers)]
         )
@@ -161,7 +161,7 @@ class ParamGroupScheduler:
     def simulate_values(
         cls, num_events: int, schedulers: Sequence[ParamScheduler], **kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, value of scheduler 0, value of scheduler 1, ...], ...]``; the schedulers and
+        """Returns ``[[i, value of scheduler 0, value of scheduler 1, ...], ...]``; the schedulers and
         their optimizers are left as they were."""
         saved = [copy.deepcopy(s.state_dict()) for s in schedulers]
         optimizers = [s.optimizer for s in schedulers]
@@ -274,7 +274,7 @@ class ConcatScheduler(ParamScheduler):
             s.save_history = value
 
     def get_param(self) -> Any:
-        """The current scheduler's value."""
+        """Returns the current scheduler's value."""
         return self._current_scheduler.get_param()
 
     def state_dict(self) -> dict[str, Any]:
@@ -305,7 +305,7 @@ class ConcatScheduler(ParamScheduler):
         durations: Sequence[int],
         param_names: Sequence[str] | None = None,
     ) -> list[list[Any]]:
-        """``[[i, value, ...], ...]`` (one value per group and name in ``param_names``).
+        """Returns ``[[i, value, ...], ...]`` (one value per group and name in ``param_names``).
 
         The schedulers and their optimizer are left as they were.
 

@@ -126,7 +126,7 @@ class LRScheduler(ParamScheduler):
         self.lr_scheduler.last_epoch += 1
 
     def get_param(self) -> Any:
-        """The torch scheduler's next learning rate (one per group when there are several)."""
+        """Returns the torch scheduler's next learning rate (one per group when there are several)."""
         self.lr_scheduler._get_lr_called_within_step = True
         try:
             lrs = self.lr_scheduler.get_lr()
@@ -138,7 +138,7 @@ class LRScheduler(ParamScheduler):
     def simulate_values(  # type: ignore[override]
         cls, num_events: int, lr_scheduler: TorchLRScheduler, **kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, lr of group 0, ...], ...]``; ``lr_scheduler`` and its optimizer are left as they were.
+        """Returns ``[[i, lr of group 0, ...], ...]``; ``lr_scheduler`` and its optimizer are left as they were.
 
         Raises:
             TypeError: ``lr_scheduler`` is not a torch ``LRScheduler``.
@@ -263,7 +263,7 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
         super().__call__(self.trainer, name)
 
     def get_param(self) -> Any:
-        """The groups' current learning rate (this scheduler only lowers it when told to)."""
+        """Returns the groups' current learning rate (this scheduler only lowers it when told to)."""
         lrs = [g["lr"] for g in self.optimizer_param_groups]
         return lrs[0] if len(lrs) == 1 else lrs
 
@@ -271,7 +271,7 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
     def simulate_values(  # type: ignore[override]
         cls, num_events: int, metric_values: list[float], init_lr: float, **scheduler_kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, lr], ...]`` for the given metric values, starting from ``init_lr``.
+        """Returns ``[[i, lr], ...]`` for the given metric values, starting from ``init_lr``.
 
         Raises:
             ValueError: ``len(metric_values) != num_events``.

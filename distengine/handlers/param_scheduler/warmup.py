@@ -23,7 +23,7 @@ def create_lr_scheduler_with_warmup(
     save_history: bool = False,
     output_simulated_values: list[Any] | None = None,
 ) -> ConcatScheduler:
-    """A linear warm-up of ``warmup_duration`` events, then ``lr_scheduler``.
+    """Creates a linear warm-up of ``warmup_duration`` events, followed by ``lr_scheduler``.
 
     The warm-up goes from ``warmup_start_value`` to ``warmup_end_value`` (default: each
     group's current learning rate). If ``lr_scheduler`` then starts from another value,
