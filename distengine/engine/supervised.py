@@ -103,14 +103,17 @@ def _check_arg(
     if amp_mode not in (None, "amp"):
         raise ValueError(f"amp_mode must be None or 'amp', got {amp_mode!r}")
     if scaler not in (False, None) and amp_mode != "amp":
-        raise ValueError(f"scaler needs amp_mode='amp', got amp_mode={amp_mode!r}")
+        raise ValueError(
+            f"scaler argument is {scaler}, but amp_mode is {amp_mode}: a scaler needs amp_mode='amp'"
+        )
     return amp_mode, _make_scaler(scaler, device)
 
 
 def _check_accumulation(steps: object) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(
-            f"gradient_accumulation_steps must be a positive int (1: no accumulation), got {steps!r}"
+            "Gradient_accumulation_steps must be strictly positive: expected a positive int "
+            f"(1: no accumulation), got {steps!r}"
         )
 
 

@@ -117,7 +117,10 @@ def test_check_arg_is_ignites_private_helper_used_by_the_trainer():
         _check_arg(True, False, None, False)
     with pytest.raises(ValueError, match="amp_mode must be None or 'amp', got 'apex'"):
         _check_arg(False, False, "apex", False)
-    with pytest.raises(ValueError, match="scaler needs amp_mode='amp', got amp_mode=None"):
+    with pytest.raises(
+        ValueError,
+        match="scaler argument is .*, but amp_mode is None: a scaler needs amp_mode='amp'",
+    ):
         _check_arg(False, False, None, True)
 
     model = torch.nn.Linear(2, 1)
