@@ -21,6 +21,8 @@ is not installed; CI installs them all (``requirements-ci.txt``), so there they 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Iterator
 
 import pytest
 from _pytest.doctest import DoctestItem
@@ -34,8 +36,9 @@ _OPTIONAL = {
 
 
 @pytest.fixture(autouse=True)
-def _doctest_objects(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> None:
+def _doctest_objects(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[None]:
     if not isinstance(request.node, DoctestItem):
+        yield
         return
     for prefix, package in _OPTIONAL.items():
         if request.node.name.startswith(prefix) and importlib.util.find_spec(package) is None:
@@ -61,3 +64,20 @@ def _doctest_objects(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> N
         trainer=create_supervised_trainer(model, optimizer, torch.nn.functional.cross_entropy),
         evaluator=create_supervised_evaluator(model),
     )
+    loggers = logging.root.manager.loggerDict
+    before = {name: list(getattr(lg, "handlers", ())) for name, lg in loggers.items()}
+    yield
+    # The tests run in this process after the examples: a logger an example configured
+    # (with setup_logger, as show_config does) must not outlive it, or a test's first
+    # setup_logger of that name would find it configured already.
+    for name in list(loggers):
+        lg = loggers[name]
+        if not isinstance(lg, logging.Logger):
+            continue
+        configured = bool(lg.handlers) or not lg.propagate
+        for handler in lg.handlers[:]:
+            if handler not in before.get(name, ()):
+                lg.removeHandler(handler)
+                handler.close()
+        if name not in before and configured:
+            del loggers[name]  # a plain module logger (getLogger(__name__)) is kept
