@@ -38,7 +38,7 @@ def _unmarked_agree(flags: int, rt, buf: torch.Tensor) -> int:
 
 
 def _job(local_rank: int, calls: int, trials: int) -> dict[str, list[float]]:
-    rt = agreement._group()
+    rt = agreement._collective_runtime()
     buf = torch.zeros(1, dtype=torch.int64)
     candidates = {
         "agree_flags (hang mark)": lambda: idist.agree_flags(1),

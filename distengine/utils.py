@@ -121,7 +121,7 @@ def convert_tensor(
 
 
 def to_onehot(indices: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """One-hot indicators of shape ``(N, num_classes, ...)`` (``uint8``) from indices of shape ``(N, ...)``.
+    """Returns one-hot indicators of shape ``(N, num_classes, ...)`` (``uint8``) from indices of shape ``(N, ...)``.
 
     Args:
         indices: integer class indices, on any device (the result is on the same one).
@@ -186,9 +186,10 @@ def hash_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> tupl
         FileNotFoundError: ``checkpoint_path`` does not exist.
 
     Example:
-        >>> path, digest = hash_checkpoint("runs/best.pt", "release")  # doctest: +SKIP
-        >>> path.name  # doctest: +SKIP
-        'best-1f2e3d4c.pt'
+        >>> torch.save(model.state_dict(), "best.pt")
+        >>> path, digest = hash_checkpoint("best.pt", "release")
+        >>> path.name == f"best-{digest[:8]}.pt"
+        True
     """
     source = Path(checkpoint_path)
     if not source.is_file():

@@ -29,8 +29,9 @@ from distengine.checkpoint.catalog import (
     scan,
     verify_checkpoint,
 )
-from distengine.checkpoint.collective import CheckpointCollectiveError, handshake
 from distengine.checkpoint.config import CheckpointConfig
+from distengine.checkpoint.content import check_weights_only, snapshot, strip_prefixes, unwrap_model
+from distengine.checkpoint.coordination import CheckpointCollectiveError, handshake
 from distengine.checkpoint.deadline import IO_TIMEOUT_ENV
 from distengine.checkpoint.errors import (
     CheckpointConflictError,
@@ -51,7 +52,6 @@ from distengine.checkpoint.manifest import (
 )
 from distengine.checkpoint.protocol import CollectiveSave
 from distengine.checkpoint.save_handler import BaseSaveHandler
-from distengine.checkpoint.state import check_weights_only, snapshot, strip_prefixes, unwrap_model
 from distengine.checkpoint.storage import FileInfo, FileStat, Storage
 from distengine.checkpoint.writer import (
     DirectoryWriter,

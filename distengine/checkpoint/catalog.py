@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from distengine.checkpoint.collective import on_rank0_for_all
+from distengine.checkpoint.coordination import on_rank0_for_all
 from distengine.checkpoint.errors import CheckpointIntegrityError
 from distengine.checkpoint.manifest import MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, Manifest
 from distengine.checkpoint.storage import FileStat, FileTooLargeError, Storage

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from distengine import distributed as idist
+from distengine.checkpoint.content import RESERVED_KEY, check_objects
 from distengine.checkpoint.identity import handler_key
 from distengine.checkpoint.naming import check_filename_prefix, check_pattern
-from distengine.checkpoint.state import RESERVED_KEY, check_objects
 
 __all__ = ["CheckpointConfig", "check_to_save", "default_score_fn"]
 

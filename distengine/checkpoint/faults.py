@@ -37,9 +37,9 @@ tests may also install a callable with :func:`set_fault_hook`; it is called with
 phase name at every fault point (e.g. to cut the network to an object store in the
 middle of an upload) before the environment variable is looked at.
 
-Example:
-    >>> import os
-    >>> os.environ["DISTENGINE_FAULT_INJECT"] = "before_manifest:2:raise"  # doctest: +SKIP
+Example: make the second save of a job raise just before its manifest is written::
+
+    DISTENGINE_FAULT_INJECT=before_manifest:2:raise torchrun --nproc_per_node=2 train.py
 """
 
 from __future__ import annotations

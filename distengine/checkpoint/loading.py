@@ -13,12 +13,12 @@ import torch
 
 from distengine import distributed as idist
 from distengine.checkpoint.catalog import load_manifest
-from distengine.checkpoint.collective import gather_to_all, handshake
+from distengine.checkpoint.content import RESERVED_KEY, apply_tree, check_objects, rank_state_only
+from distengine.checkpoint.coordination import gather_to_all, handshake
 from distengine.checkpoint.deadline import Progress, call_with_progress
 from distengine.checkpoint.errors import CheckpointError, CheckpointIntegrityError
 from distengine.checkpoint.manifest import Manifest, manifest_candidates, manifest_name
 from distengine.checkpoint.sharded import load_deferred
-from distengine.checkpoint.state import RESERVED_KEY, apply_tree, check_objects, rank_state_only
 from distengine.checkpoint.storage import CountingReader, Storage
 
 __all__ = ["load_objects", "read_payload", "split_url"]
@@ -121,7 +121,12 @@ def read_payload(
         FileNotFoundError: there is no such payload.
 
     Example:
-        >>> sd = read_payload("/ckpt/checkpoint_100.pt", map_location="cpu")  # doctest: +SKIP
+        >>> from distengine.handlers import Checkpoint
+        >>> handler = Checkpoint({"model": model}, "ckpt")
+        >>> handler(trainer)
+        >>> sd = read_payload(handler.last_checkpoint, map_location="cpu")  # checked, then loaded
+        >>> sorted(sd)  # one object: its state dict itself, as in Ignite
+        ['bias', 'weight']
     """
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"Expected a checkpoint path or URL (str), got {type(url).__name__}")

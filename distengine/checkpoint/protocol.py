@@ -49,8 +49,17 @@ from typing import Any
 
 from distengine import distributed as idist
 from distengine.checkpoint.async_writer import BackgroundWriter
-from distengine.checkpoint.collective import broadcast_from, gather_to_all, handshake
 from distengine.checkpoint.config import CheckpointConfig
+from distengine.checkpoint.content import (
+    RESERVED_KEY,
+    build_payload,
+    check_weights_only,
+    has_rank_state,
+    rank_state_only,
+    snapshot,
+    tree_state_dict,
+)
+from distengine.checkpoint.coordination import broadcast_from, gather_to_all, handshake
 from distengine.checkpoint.errors import CheckpointConflictError, CheckpointSaveError
 from distengine.checkpoint.identity import Identity, new_session, run_of
 from distengine.checkpoint.ledger import SessionLedger
@@ -66,15 +75,6 @@ from distengine.checkpoint.sharded import (
     shard_names,
 )
 from distengine.checkpoint.shared import ensure_shared
-from distengine.checkpoint.state import (
-    RESERVED_KEY,
-    build_payload,
-    check_weights_only,
-    has_rank_state,
-    rank_state_only,
-    snapshot,
-    tree_state_dict,
-)
 from distengine.checkpoint.writer import (
     DirectoryWriter,
     PendingSave,

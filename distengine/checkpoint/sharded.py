@@ -39,15 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from distengine.checkpoint.errors import CheckpointIntegrityError
-from distengine.checkpoint.manifest import FileEntry, Manifest
-from distengine.checkpoint.state import (
+from distengine.checkpoint.content import (
     RESERVED_KEY,
     SHARDED_MARKER,
     has_rank_state,
     rank_state_only,
     unwrap_model,
 )
+from distengine.checkpoint.errors import CheckpointIntegrityError
+from distengine.checkpoint.manifest import FileEntry, Manifest
 from distengine.checkpoint.storage import Storage
 from distengine.distributed import sharded as dsh
 

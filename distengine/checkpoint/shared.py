@@ -14,7 +14,7 @@ import uuid
 import warnings
 
 from distengine import distributed as idist
-from distengine.checkpoint.collective import broadcast_from, gather_to_all
+from distengine.checkpoint.coordination import broadcast_from, gather_to_all
 from distengine.checkpoint.errors import CheckpointError
 from distengine.checkpoint.storage import Storage
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from distengine.checkpoint.catalog import Scan, scan
+from distengine.checkpoint.content import check_weights_only
 from distengine.checkpoint.faults import fault_point
 from distengine.checkpoint.identity import Identity, new_session
 from distengine.checkpoint.ledger import SessionLedger
@@ -55,7 +56,6 @@ from distengine.checkpoint.manifest import (
     manifest_candidates,
     manifest_name,
 )
-from distengine.checkpoint.state import check_weights_only
 from distengine.checkpoint.storage import Storage
 
 __all__ = [

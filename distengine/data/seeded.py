@@ -49,8 +49,16 @@ class SeededDataset(torch.utils.data.Dataset):
             every generator before every sample.
 
     Example:
-        >>> ds = SeededDataset(my_dataset)  # doctest: +SKIP
-        >>> ds[(7, 0, 3)]  # sample 3 of pass 0 of a run seeded with 7  # doctest: +SKIP
+        >>> class Noisy(torch.utils.data.Dataset):  # a random augmentation
+        ...     def __len__(self):
+        ...         return 8
+        ...     def __getitem__(self, index):
+        ...         return index + torch.rand(1).item()
+        >>> ds = SeededDataset(Noisy())
+        >>> a = ds[(7, 0, 3)]  # sample 3 of pass 0 of a run seeded with 7
+        >>> _ = torch.rand(5)  # whatever else draws in between
+        >>> ds[(7, 0, 3)] == a, ds[(7, 1, 3)] == a  # same key, same sample; next pass differs
+        (True, False)
     """
 
     def __init__(self, dataset: Any, seed: int = 0, lazy: bool = True):

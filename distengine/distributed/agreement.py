@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .collectives import _group
+from .collectives import _collective_runtime
 from .hangs import IN_FLIGHT, watch_collective
 
 __all__ = [
@@ -52,7 +52,7 @@ def _release(rt: Any, buf: torch.Tensor) -> None:
 
 
 def agree_flags(flags: int) -> int:
-    """Bitwise OR of ``flags`` over all ranks, in one small CPU collective.
+    """Returns the bitwise OR of ``flags`` over all ranks, in one small CPU collective.
 
     Args:
         flags: a non-negative int of request bits (e.g. terminate = 1).
@@ -70,7 +70,7 @@ def agree_flags(flags: int) -> int:
         4
     """
     _check_flags(flags)
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         return flags
     buf = _buffer(rt)
@@ -153,7 +153,7 @@ def start_agreement(flags: int) -> PendingAgreement:
         2
     """
     _check_flags(flags)
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         return PendingAgreement(flags)
     buf = _buffer(rt)
@@ -194,7 +194,7 @@ def check_in_sync(values: tuple[int, ...], names: tuple[str, ...]) -> None:
     for name, v in zip(names, values):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"check_in_sync compares ints, got {name}={v!r} ({type(v).__name__})")
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         return
     gathered: list[tuple[int, ...] | None] = [None] * rt.env.world_size
@@ -246,7 +246,7 @@ def rendezvous_check(tag: str, timeout: float) -> None:
         raise ValueError(f"tag must be a non-empty str, got {tag!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         return
     with _COUNT_LOCK:

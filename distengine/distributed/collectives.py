@@ -53,7 +53,7 @@ _DTYPES = (
 )
 
 
-def _group() -> runtime.Runtime | None:
+def _collective_runtime() -> runtime.Runtime | None:
     """The runtime when a collective must really run; ``None`` for a no-op."""
     rt = runtime.active()
     if rt is None:
@@ -84,7 +84,7 @@ def _reduce_op(op: str) -> tuple[str, dist.ReduceOp]:
 
 def _comm(group: Any) -> groups.Comm | None:
     """Where a collective with this ``group`` runs; ``None``: nothing to do (alone, or not a member)."""
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         groups.check_group_arg(group)
         return None
@@ -202,7 +202,7 @@ def all_gather(tensor: Any, group: Any = None, *, same_shape: bool = False) -> A
         >>> idist.all_gather("a")  # alone; on 2 ranks: ["a", "b"]
         ['a']
     """
-    rt = _group()
+    rt = _collective_runtime()
     if rt is None:
         groups.check_group_arg(group)
         if isinstance(tensor, torch.Tensor):
@@ -288,7 +288,7 @@ def all_gather_tensors_with_shapes(
 
 
 def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
-    """Rank ``src``'s ``tensor`` on every rank; ``tensor`` itself in a job of one.
+    """Broadcasts rank ``src``'s ``tensor`` to every rank; returns ``tensor`` itself in a job of one.
 
     Without ``safe_mode`` every rank passes the same kind: tensors of the same shape and
     dtype (filled in place and returned), or picklable objects, ``None`` included (the
@@ -309,9 +309,11 @@ def broadcast(tensor: T, src: int = 0, safe_mode: bool = False) -> T:
         >>> import distengine.distributed as idist
         >>> idist.broadcast({"seed": 7}, src=0)
         {'seed': 7}
-        >>> config = idist.broadcast(None, src=0, safe_mode=True)  # doctest: +SKIP
+        >>> # safe_mode: ranks other than src may pass None (they need not know the type)
+        >>> idist.broadcast(None if idist.get_rank() > 0 else {"seed": 7}, src=0, safe_mode=True)
+        {'seed': 7}
     """
-    rt = _group()
+    rt = _collective_runtime()
     world = rt.env.world_size if rt is not None else 1
     if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world:
         raise ValueError(f"src must be a rank in [0, {world}), got {src!r}")
@@ -350,7 +352,7 @@ def barrier() -> None:
         >>> import distengine.distributed as idist
         >>> idist.barrier()
     """
-    rt = _group()
+    rt = _collective_runtime()
     if rt is not None:
         # The CPU group under NCCL: a barrier needs no GPU work and no device sync.
         dist.barrier(group=rt.cpu_group)
@@ -372,7 +374,7 @@ def one_rank_first(rank: int = 0, local: bool = False) -> Iterator[None]:
         >>> with idist.one_rank_first(local=True):
         ...     pass  # e.g. download the data set once per node
     """
-    rt = _group()
+    rt = _collective_runtime()
     env = rt.env if rt is not None else None
     size = (env.local_world_size if local else env.world_size) if env is not None else 1
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size:

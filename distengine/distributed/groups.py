@@ -129,7 +129,7 @@ def check_group_arg(group: Any) -> None:
 
 
 def rank_not_in_group(group: Any) -> bool:
-    """Whether this rank is outside ``group`` (``False`` for ``None`` and in a job of one).
+    """Returns whether this rank is outside ``group`` (``False`` for ``None`` and in a job of one).
 
     Example:
         >>> rank_not_in_group(None)

@@ -157,6 +157,7 @@ def spawn(
         >>> import distengine.distributed as idist
         >>> def job(local_rank):
         ...     return idist.all_reduce(local_rank + 1)
+        >>> # starts 2 processes, which import ``job`` from its module (not from here):
         >>> idist.spawn(job, 2)  # doctest: +SKIP
         [3, 3]
     """

@@ -29,7 +29,7 @@ def _env() -> LauncherEnv | None:
 
 
 def get_rank() -> int:
-    """Global rank of this process (0 in a job of one).
+    """Returns the global rank of this process (0 in a job of one).
 
     Example:
         >>> import distengine.distributed as idist
@@ -41,7 +41,7 @@ def get_rank() -> int:
 
 
 def get_local_rank() -> int:
-    """Rank of this process on its node (``LOCAL_RANK``; 0 in a job of one).
+    """Returns the rank of this process on its node (``LOCAL_RANK``; 0 in a job of one).
 
     Example:
         >>> import distengine.distributed as idist
@@ -53,7 +53,7 @@ def get_local_rank() -> int:
 
 
 def get_world_size() -> int:
-    """Number of processes in the job (1 without a launcher).
+    """Returns the number of processes in the job (1 without a launcher).
 
     Example:
         >>> import distengine.distributed as idist
@@ -65,7 +65,7 @@ def get_world_size() -> int:
 
 
 def get_nnodes() -> int:
-    """Number of nodes: torchrun's ``GROUP_WORLD_SIZE``, else ``WORLD_SIZE // LOCAL_WORLD_SIZE`` (1 alone).
+    """Returns the number of nodes: torchrun's ``GROUP_WORLD_SIZE``, else ``WORLD_SIZE // LOCAL_WORLD_SIZE`` (1 alone).
 
     Example:
         >>> import distengine.distributed as idist
@@ -77,7 +77,7 @@ def get_nnodes() -> int:
 
 
 def get_nproc_per_node() -> int:
-    """Number of processes on this node (``LOCAL_WORLD_SIZE``; 1 in a job of one).
+    """Returns the number of processes on this node (``LOCAL_WORLD_SIZE``; 1 in a job of one).
 
     Example:
         >>> import distengine.distributed as idist
@@ -89,7 +89,7 @@ def get_nproc_per_node() -> int:
 
 
 def get_node_rank() -> int:
-    """Index of this node, ``RANK // LOCAL_WORLD_SIZE`` (torchrun numbers ranks node by node; 0 alone).
+    """Returns the index of this node, ``RANK // LOCAL_WORLD_SIZE`` (torchrun numbers ranks node by node; 0 alone).
 
     Example:
         >>> import distengine.distributed as idist
@@ -101,7 +101,7 @@ def get_node_rank() -> int:
 
 
 def model_name() -> str:
-    """``"native-dist"`` when a torch process group is in use, ``"serial"`` in a job of one.
+    """Returns ``"native-dist"`` when a torch process group is in use, ``"serial"`` in a job of one.
 
     Ignite's names; distengine has no XLA or Horovod model.
 
@@ -114,7 +114,7 @@ def model_name() -> str:
 
 
 def backend() -> str | None:
-    """Backend of the default process group (``"gloo"``, ``"nccl"`` …), ``None`` in a job of one.
+    """Returns the backend of the default process group (``"gloo"``, ``"nccl"`` …), ``None`` in a job of one.
 
     Example:
         >>> import distengine.distributed as idist
@@ -126,7 +126,7 @@ def backend() -> str | None:
 
 
 def device() -> torch.device:
-    """The device this rank computes on.
+    """Returns the device this rank computes on.
 
     ``cuda:LOCAL_RANK`` under NCCL, ``cpu`` under other backends; in a job of one,
     ``cuda`` when CUDA is available (as in Ignite), else ``cpu``.
@@ -146,7 +146,7 @@ def device() -> torch.device:
 
 
 def is_main_process() -> bool:
-    """Whether this is global rank 0 (always ``True`` in a job of one).
+    """Returns whether this is global rank 0 (always ``True`` in a job of one).
 
     Example:
         >>> import distengine.distributed as idist

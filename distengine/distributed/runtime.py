@@ -244,7 +244,7 @@ def initialize(
         >>> idist.initialize()  # under torchrun: creates the group; alone: nothing to do
         >>> idist.get_world_size() >= 1
         True
-        >>> # without a launcher, on each of 2 processes:
+        >>> # without a launcher, on each of 2 processes (on 2 machines, here):
         >>> idist.initialize("gloo", init_method="tcp://10.0.0.1:23456", rank=r, world_size=2)  # doctest: +SKIP
     """
     global _runtime, _finalized, _atexit_registered

@@ -88,7 +88,7 @@ has_hvd_support: bool = False
 
 
 def available_backends() -> tuple[str, ...]:
-    """The torch backends this build offers, among ``"nccl"``, ``"gloo"`` and ``"mpi"``.
+    """Returns the torch backends this build offers, among ``"nccl"``, ``"gloo"`` and ``"mpi"``.
 
     Example:
         >>> import distengine.distributed as idist
@@ -120,7 +120,7 @@ def setup_logger(
     reset: bool = False,
     encoding: str | None = "utf-8",
 ) -> logging.Logger:
-    """A named logger that writes on rank 0 only (to ``stream`` and optionally a file).
+    """Sets up a named logger that writes on rank 0 only (to ``stream`` and optionally a file).
 
     Ignite's ``ignite.utils.setup_logger``, also importable as
     ``distengine.utils.setup_logger``; it lives here because it asks this package for the rank
@@ -144,8 +144,10 @@ def setup_logger(
         The logger.
 
     Example:
-        >>> trainer.logger = setup_logger("trainer")  # doctest: +SKIP
-        >>> # 2026-01-21 12:46:07,356 trainer INFO: Engine run starting with max_epochs=5.
+        >>> import sys
+        >>> logger = setup_logger("my_job", stream=sys.stdout, format="%(name)s %(levelname)s: %(message)s")
+        >>> logger.info("epoch 1 done")  # printed by rank 0 only
+        my_job INFO: epoch 1 done
     """
     existing = name is None or name in logging.root.manager.loggerDict
     logger = logging.getLogger(name)
@@ -178,8 +180,7 @@ def show_config() -> None:
 
     Example:
         >>> import distengine.distributed as idist
-        >>> idist.show_config()  # doctest: +SKIP
-        ... distengine.distributed.utils INFO: distributed configuration: serial
+        >>> idist.show_config()  # logs "distributed configuration: serial" here (stderr)
     """
     log = setup_logger(__name__)
     log.info(f"distributed configuration: {model_name()}")
@@ -239,7 +240,7 @@ def set_local_rank(index: int) -> None:
 
 
 def one_rank_only(rank: int = 0, with_barrier: bool = False) -> Callable[[F], F]:
-    """Decorator: the function runs on ``rank`` only and returns ``None`` elsewhere.
+    """Makes the decorated function run on ``rank`` only and return ``None`` elsewhere.
 
     Typical for handlers that write files or print. With ``with_barrier=True`` every
     rank waits at a barrier after the call, so the others do not run ahead of the one

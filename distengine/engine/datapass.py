@@ -68,9 +68,9 @@ def _epoch_setter(data: Any) -> Any | None:
 class DataPass:
     """Starts, restarts and positions the iterator over the run's data.
 
-    ``index`` counts data passes (a pass ends when the data raises ``StopIteration``);
-    ``batches`` counts the batches of the current pass whose iteration completed. With a
-    resumable sampler the position is also known in global samples (``cursor``), which
+    ``number`` is the pass number (0 for the first; a pass ends when the data raises
+    ``StopIteration``); ``batches`` counts the batches of the current pass whose iteration
+    completed. With a resumable sampler the position is also known in global samples (``cursor``), which
     does not depend on the world size. Part of :class:`~distengine.engine.progress.RunPosition`.
     """
 
@@ -78,7 +78,7 @@ class DataPass:
         self.data: Any = None
         self.sampler: ResumableSampler | None = None
         self.length: int | None = None
-        self.index = 0
+        self.number = 0
         self.batches = 0
         #: first batch index of the pass whose geometry (padding, loss weight) is not the
         #: default; the engine asks the sampler only from there on
@@ -108,15 +108,15 @@ class DataPass:
         return min(self.batches * self.sampler.global_batch_size, self.sampler.pass_length)
 
     def state_dict(self) -> dict[str, Any]:
-        index, batches = self.index, self.batches
+        number, batches = self.number, self.batches
         if self._abandoned:  # the next epoch starts the next pass
-            index, batches = index + 1, 0
+            number, batches = number + 1, 0
         cursor = self.cursor if not self._abandoned else (0 if self.sampler is not None else None)
         length, gbs = self.length, self.global_batch_size
         if self.data is None and self._pending is not None:
             length, gbs = self._saved_shape
         return {
-            "data_pass": index,
+            "data_pass": number,
             "cursor": cursor,
             "pass_batches": batches,
             "data_length": length,
@@ -139,7 +139,7 @@ class DataPass:
         given to ``run`` (``divmod(iteration, len(data))``; data without a length is taken
         as one endless pass).
         """
-        self.index = data_pass
+        self.number = data_pass
         self.batches = pass_batches
         self._pending = (pass_batches, cursor)
         self._saved_shape = (length, global_batch_size)
@@ -173,7 +173,7 @@ class DataPass:
             )
 
     def reset(self) -> None:
-        self.index, self.batches, self._pending, self._abandoned = 0, 0, None, False
+        self.number, self.batches, self._pending, self._abandoned = 0, 0, None, False
         self._saved_shape = (None, None)
         self._from_iteration = None
 
@@ -203,13 +203,13 @@ class DataPass:
         if self._from_iteration is not None:
             if not new_pass:
                 if self.length:
-                    self.index, in_pass = divmod(self._from_iteration, self.length)
+                    self.number, in_pass = divmod(self._from_iteration, self.length)
                 else:  # as Ignite: one pass from the start (an endless iterator)
-                    self.index, in_pass = 0, self._from_iteration
+                    self.number, in_pass = 0, self._from_iteration
                 self._pending = (in_pass, None)
             self._from_iteration = None
         if new_pass:
-            self.index += 1
+            self.number += 1
             self.batches = 0
             self._pending = None
         skip_batches, cursor = self._pending if self._pending is not None else (self.batches, None)
@@ -220,7 +220,7 @@ class DataPass:
             return itertools.repeat(None, epoch_length)  # type: ignore[arg-type]
         after, skipped = (None, False)
         if pass_hook is not None:
-            after, skipped = pass_hook(data, self.index, skip_batches)
+            after, skipped = pass_hook(data, self.number, skip_batches)
         it = self._position(data, seed, skip_batches, cursor, new_pass, skipped)
         return it if after is None else _after_first(it, after)
 
@@ -237,7 +237,7 @@ class DataPass:
         if s is not None:
             if seed is not None:
                 s.set_seed(seed)
-            s.set_epoch(self.index)
+            s.set_epoch(self.number)
             gbs = s.global_batch_size
             start = cursor if cursor is not None else skip_batches * gbs
             if start % gbs:  # only after a resume over other data, allowed with epoch_length=
@@ -257,7 +257,7 @@ class DataPass:
             return iter(data)
         setter = _epoch_setter(data)
         if setter is not None:
-            setter.set_epoch(self.index)
+            setter.set_epoch(self.number)
         self.batches = skip_batches
         if not skip_batches or skipped:
             return iter(data)

@@ -61,7 +61,7 @@ def _seed_all(seed: int) -> None:
 
 
 def keep_random_state(func: Callable) -> Callable:
-    """Decorator: ``func`` runs without shifting the global RNGs (``random``, torch CPU, numpy).
+    """Makes ``func`` run without shifting the global RNGs (``random``, torch CPU, numpy).
 
     Example:
         >>> @keep_random_state
@@ -85,7 +85,7 @@ def keep_random_state(func: Callable) -> Callable:
 
 
 def update_dataloader(dataloader: DataLoader, new_batch_sampler: BatchSampler) -> DataLoader:
-    """A copy of ``dataloader`` (same dataset, workers, collate …) with ``new_batch_sampler``.
+    """Returns a copy of ``dataloader`` (same dataset, workers, collate …) with ``new_batch_sampler``.
 
     Example:
         >>> loader = DataLoader(list(range(10)), batch_size=4, shuffle=True)

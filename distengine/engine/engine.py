@@ -281,7 +281,7 @@ class Engine(EventRegistry):
 
     # --- state_dict --------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """The run's position and what resuming it needs.
+        """Returns the run's position and what resuming it needs.
 
         Ignite's keys (``iteration``, ``epoch_length``, ``max_epochs`` or ``max_iters``, the
         user keys) plus ``seed``, ``run_id``, the data pass, the cursor, the epoch state and
@@ -374,29 +374,60 @@ class Engine(EventRegistry):
         decides the data order (default: ``torch.initial_seed()``); on a continued run the
         saved seed wins and a different one raises ``ValueError``.
 
-        The loop, per epoch (at world size > 1 "act" means: agree with the other ranks in one
-        small collective, then act on every rank's requests at the same point; after
-        ``ITERATION_COMPLETED`` that collective is overlapped with the next iteration, see
-        the class docstring)::
+        The loop below. *Requests* are ``terminate()``, ``terminate_epoch()``,
+        ``interrupt()``, a preemption signal and data that ran dry; *agree* (world size > 1)
+        is one small collective on every rank that ORs the requests of all ranks, after
+        which every rank *acts* on them at the same point. At world size 1 there is nothing
+        to agree on: a request acts right after the event that made it (one made in the
+        process function: after ``ITERATION_COMPLETED``). A loaded state (``load_state_dict``) or a run continued after an interruption
+        or an exception picks up where marked ``[resume]``::
 
-            STARTED; act
-            while not done:
-                EPOCH_STARTED; act                  # epoch += 1 (or the loaded epoch again)
-                for each batch of the epoch:        # from the cursor: skipped batches unread
-                    GET_BATCH_STARTED               # (world size 1: act after each event)
-                    batch = next(data)              # end of data: DATALOADER_STOP_ITERATION,
-                    GET_BATCH_COMPLETED             #   next pass (new permutation)
-                    ITERATION_STARTED               # iteration += 1
+            restore this rank's RNG states                   # [resume] the loaded ones
+            STARTED;         agree (blocking), act
+            while the run is not done:                      # max_epochs, max_iters
+                epoch += 1                                  # [resume] an open epoch: the same
+                                                            #   epoch again, its done iterations
+                                                            #   counted, not rerun
+                EPOCH_STARTED;   agree (blocking), act
+                start the data pass if none is open         # [resume] the saved pass, from its
+                                                            #   cursor: earlier batches unread
+                while this epoch's iterations < epoch_length:
+                    GET_BATCH_STARTED
+                    batch = next(data)                      # pass ended inside the epoch:
+                                                            #   DATALOADER_STOP_ITERATION, next
+                                                            #   pass (pass number + 1, new
+                                                            #   permutation), fetch again; that
+                                                            #   one empty too: data exhausted
+                    GET_BATCH_COMPLETED
+                    iteration += 1; ITERATION_STARTED
                     output = process_function(engine, batch)
-                    ITERATION_COMPLETED; act        # cursor += global batch; sync check;
-                                                    # (world size > 1: the previous iteration's
-                                                    # requests; the last iteration: its own too)
-                EPOCH_COMPLETED; act
+                    position += 1 batch                     # the cursor += the global batch
+                                                            #   (state_dict counts it from here)
+                    ITERATION_COMPLETED
+                    sync check (every sync_check_every iterations)
+                    agree:                                  # overlapped: start this iteration's
+                                                            #   agreement in the background, act
+                                                            #   on the previous iteration's one
+                                                            #   (so a request made in iteration i
+                                                            #   acts at the end of i + 1); at the
+                                                            #   epoch's or the run's last
+                                                            #   iteration, or when the previous
+                                                            #   one holds a request: blocking, on
+                                                            #   everything requested so far
+                    max_iters reached inside the epoch -> TERMINATE, COMPLETED
+                EPOCH_COMPLETED; agree (blocking), act
             COMPLETED
-            # terminate -> TERMINATE, COMPLETED; terminate_epoch -> TERMINATE_SINGLE_EPOCH,
-            # EPOCH_COMPLETED; interrupt -> INTERRUPT, run() returns; an exception ->
-            # EXCEPTION_RAISED (re-raised at world size > 1); preemption -> savers, TERMINATE,
-            # Preempted (exit status 75)
+
+            # acting on:  terminate -> TERMINATE, COMPLETED;  terminate_epoch ->
+            # TERMINATE_SINGLE_EPOCH, EPOCH_COMPLETED (the next epoch starts a new pass);
+            # interrupt -> INTERRUPT, run() returns (a later run() continues);  data
+            # exhausted -> the epoch ends, then COMPLETED;  preemption -> savers, TERMINATE,
+            # Preempted raised (exit status 75);  an exception -> EXCEPTION_RAISED (and
+            # re-raised at world size > 1)
+
+        With ``overlap_agreement = False`` every per-iteration agreement is blocking: a
+        request acts at the end of its own iteration. ``docs/internals.md`` ("The
+        agreement") gives the exact rule and ``docs/contracts.md`` what it guarantees.
 
         Example:
             >>> Engine(lambda e, b: b).run(range(4), max_epochs=2, seed=0).epoch
@@ -636,6 +667,15 @@ class Engine(EventRegistry):
                 try:
                     s.batch = next(self._dataloader_iter)  # not a local: set_data may switch it
                 except StopIteration:
+                    # The data ran out before the epoch's end. Three cases: (1) data without
+                    # len, first pass: its end is the epoch's end (the epoch length is learnt
+                    # here); (2) ``retried``: the pass started just below after the previous
+                    # one ended yields nothing either, so the data is exhausted (an empty
+                    # iterable, or an iterator that cannot start again); (3) otherwise the
+                    # pass ended inside the epoch: start the next pass and fetch again, with
+                    # ``retried`` set so that this fetch's GET_BATCH_STARTED (already fired)
+                    # does not fire twice and an empty next pass ends the run instead of
+                    # being restarted forever.
                     if length is None:  # the first pass of data without len: its end is the epoch's
                         if counter == 0:
                             raise ValueError(
@@ -799,7 +839,7 @@ class Engine(EventRegistry):
         s, dp = self.state, self._pos.data
         digest = dp.sampler.global_batch_digest(dp.batches - 1) if dp.sampler is not None else 0
         idist.check_in_sync(
-            (s.epoch, s.iteration, dp.index, digest),
+            (s.epoch, s.iteration, dp.number, digest),
             ("epoch", "iteration", "data pass", "batch index digest"),
         )
 

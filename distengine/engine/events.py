@@ -182,7 +182,12 @@ class EventEnum(CallableEventWithFilter, Enum):
         >>> class BackpropEvents(EventEnum):
         ...     BACKWARD_STARTED = "backward_started"
         ...     BACKWARD_COMPLETED = "backward_completed"
-        >>> engine.register_events(*BackpropEvents)  # doctest: +SKIP
+        >>> trainer.register_events(*BackpropEvents)
+        >>> @trainer.on(BackpropEvents.BACKWARD_COMPLETED)
+        ... def after_backward(engine):
+        ...     print("gradients ready")
+        >>> trainer.fire_event(BackpropEvents.BACKWARD_COMPLETED)  # from the process function
+        gradients ready
     """
 
     def __new__(cls, value: str) -> EventEnum:
@@ -281,8 +286,12 @@ class RemovableEventHandle:
     context manager: the handler is removed on exit.
 
     Example:
-        >>> with engine.add_event_handler(Events.ITERATION_COMPLETED, log):  # doctest: +SKIP
-        ...     engine.run(data)
+        >>> def log(engine):
+        ...     print(engine.state.iteration)
+        >>> with trainer.add_event_handler(Events.EPOCH_COMPLETED, log):
+        ...     state = trainer.run(loader, max_epochs=1)
+        4
+        >>> state = trainer.run(loader, max_epochs=1)  # log was removed: prints nothing
     """
 
     def __init__(self, event_name: Any, handler: Callable, engine: Engine):

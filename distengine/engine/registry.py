@@ -44,9 +44,13 @@ class EventRegistry:
                 ``"epoch"`` or a custom attribute) its filters use.
 
         Example:
+            >>> from distengine.engine import EventEnum
             >>> class Custom(EventEnum):
             ...     FOO = "foo"
-            >>> engine.register_events(*Custom, event_to_attr={Custom.FOO: "foo_count"})  # doctest: +SKIP
+            >>> engine = Engine(lambda engine, batch: None)
+            >>> engine.register_events(*Custom, event_to_attr={Custom.FOO: "foo_count"})
+            >>> engine.state.foo_count  # the counter that Custom.FOO(every=...) filters read
+            0
         """
         if event_to_attr is not None and not isinstance(event_to_attr, dict):
             raise ValueError(f"event_to_attr must be a dict, got {type(event_to_attr).__name__}")
@@ -68,7 +72,7 @@ class EventRegistry:
                     setattr(self.state, attr, 0)
 
     def has_registered_events(self, event: Any) -> bool:
-        """Whether ``event`` is known to this engine (core or registered)."""
+        """Returns whether ``event`` is known to this engine (core or registered)."""
         return event in self._allowed_events
 
     def _assert_allowed_event(self, event_name: Any) -> None:
@@ -96,8 +100,12 @@ class EventRegistry:
             a :class:`RemovableEventHandle`.
 
         Example:
-            >>> handle = engine.add_event_handler(Events.EPOCH_COMPLETED, print_loss)  # doctest: +SKIP
-            >>> handle.remove()  # doctest: +SKIP
+            >>> def print_loss(engine):
+            ...     print(f"epoch {engine.state.epoch}: loss {engine.state.output:.2f}")
+            >>> handle = trainer.add_event_handler(Events.EPOCH_COMPLETED, print_loss)
+            >>> state = trainer.run(loader, max_epochs=1)
+            epoch 1: loss 0.88
+            >>> handle.remove()
         """
         if isinstance(event_name, EventsList):
             for e in event_name:
@@ -129,12 +137,15 @@ class EventRegistry:
         return filtered
 
     def on(self, event_name: Any, *args: Any, **kwargs: Any) -> Callable:
-        """Decorator form of :meth:`add_event_handler`.
+        """Attaches the decorated function to ``event_name`` (see :meth:`add_event_handler`).
 
         Example:
-            >>> @engine.on(Events.ITERATION_COMPLETED(every=100))  # doctest: +SKIP
+            >>> @trainer.on(Events.ITERATION_COMPLETED(every=2))
             ... def log(engine):
             ...     print(engine.state.iteration)
+            >>> state = trainer.run(loader, max_epochs=1)
+            2
+            4
         """
 
         def decorator(f: Callable) -> Callable:
@@ -144,7 +155,7 @@ class EventRegistry:
         return decorator
 
     def has_event_handler(self, handler: Callable, event_name: Any | None = None) -> bool:
-        """Whether ``handler`` is attached (to ``event_name``, or to any event)."""
+        """Returns whether ``handler`` is attached (to ``event_name``, or to any event)."""
         if event_name is not None:
             if event_name not in self._event_handlers:
                 return False
@@ -186,7 +197,13 @@ class EventRegistry:
         """Runs the handlers of a (custom) event now.
 
         Example:
-            >>> engine.fire_event(Custom.FOO)  # doctest: +SKIP
+            >>> from distengine.engine import EventEnum
+            >>> class Custom(EventEnum):
+            ...     FOO = "foo"
+            >>> trainer.register_events(*Custom)
+            >>> _ = trainer.add_event_handler(Custom.FOO, lambda: print("foo"))
+            >>> trainer.fire_event(Custom.FOO)
+            foo
         """
         self._assert_allowed_event(event_name)
         self._allowed_events_counts[event_name] = self._allowed_events_counts.get(event_name, 0) + 1

@@ -82,7 +82,7 @@ class State:
             setattr(self, k, v)
 
     def get_event_attrib_value(self, event_name: CallableEventWithFilter | str) -> int:
-        """The counter (``iteration`` or ``epoch``) an event's filters are evaluated on."""
+        """Returns the counter (``iteration`` or ``epoch``) an event's filters are evaluated on."""
         attr = self.event_to_attr.get(event_name)
         if attr is None:
             raise RuntimeError(

@@ -224,7 +224,7 @@ def supervised_training_step(
     gradient_accumulation_steps: int = 1,
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
 ) -> Callable[[Engine, Any], Any]:
-    """The process function of a supervised trainer: forward, loss, backward, and (every
+    """Builds the process function of a supervised trainer: forward, loss, backward, and (every
     ``gradient_accumulation_steps`` iterations) the optimizer step.
 
     As Ignite's, except the default output is ``loss.detach()`` (no host sync) and the
@@ -254,14 +254,14 @@ def supervised_training_step(
 
 
 def supervised_training_step_tpu(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
-    """Ignite's process-function factory for XLA (TPU) devices, which distengine does not
+    """Refuses Ignite's process-function factory for XLA (TPU) devices, which distengine does not
     support (``idist.has_xla_support`` is ``False``).
 
     Raises:
         RuntimeError: always, naming the supported alternatives.
 
     Example:
-        >>> supervised_training_step_tpu(model, opt, loss_fn, "xla")  # doctest: +SKIP
+        >>> supervised_training_step_tpu(model, optimizer, torch.nn.MSELoss(), "xla")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         RuntimeError: ...
     """
@@ -272,7 +272,7 @@ def supervised_training_step_tpu(*args: Any, **kwargs: Any) -> Callable[[Engine,
 
 
 def supervised_training_step_apex(*args: Any, **kwargs: Any) -> Callable[[Engine, Any], Any]:
-    """Ignite's process-function factory for NVIDIA apex AMP, which distengine does not
+    """Refuses Ignite's process-function factory for NVIDIA apex AMP, which distengine does not
     support: mixed precision is ``torch.autocast`` (:func:`supervised_training_step_amp`,
     ``create_supervised_trainer(..., amp_mode="amp")``).
 
@@ -280,7 +280,7 @@ def supervised_training_step_apex(*args: Any, **kwargs: Any) -> Callable[[Engine
         RuntimeError: always, naming the alternative.
 
     Example:
-        >>> supervised_training_step_apex(model, opt, loss_fn, "cuda")  # doctest: +SKIP
+        >>> supervised_training_step_apex(model, optimizer, torch.nn.MSELoss(), "cuda")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         RuntimeError: ...
     """
@@ -305,7 +305,7 @@ def supervised_training_step_amp(
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Callable[[Engine, Any], Any]:
-    """:func:`supervised_training_step` under ``torch.autocast`` (float16 on CUDA, bfloat16 on
+    """Builds :func:`supervised_training_step` under ``torch.autocast`` (float16 on CUDA, bfloat16 on
     CPU, or ``amp_dtype``), with an optional ``torch.amp.GradScaler``.
 
     Example:
@@ -347,7 +347,7 @@ def create_supervised_trainer(
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Engine:
-    """A trainer whose process function runs forward, loss, backward and (every
+    """Creates a trainer whose process function runs forward, loss, backward and (every
     ``gradient_accumulation_steps`` iterations) the optimizer step.
 
     Works with a DDP model from ``idist.auto_model``: accumulating steps run under
@@ -420,7 +420,7 @@ def supervised_evaluation_step(
     output_transform: Callable[[Any, Any, Any], Any] = _default_eval_output,
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
 ) -> Callable[[Engine, Any], Any]:
-    """The process function of a supervised evaluator: the model in eval mode, no grad;
+    """Builds the process function of a supervised evaluator: the model in eval mode, no grad;
     returns ``(y_pred, y)`` by default.
 
     Example:
@@ -452,7 +452,7 @@ def supervised_evaluation_step_amp(
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Callable[[Engine, Any], Any]:
-    """:func:`supervised_evaluation_step` under ``torch.autocast``.
+    """Builds :func:`supervised_evaluation_step` under ``torch.autocast``.
 
     Example:
         >>> ev = Engine(supervised_evaluation_step_amp(torch.nn.Linear(4, 2), "cpu"))
@@ -483,7 +483,7 @@ def create_supervised_evaluator(
     model_fn: Callable[[torch.nn.Module, Any], Any] = _call_model,
     amp_dtype: torch.dtype | None = None,
 ) -> Engine:
-    """An evaluator that runs the model under ``torch.no_grad`` and feeds ``metrics``.
+    """Creates an evaluator that runs the model under ``torch.no_grad`` and feeds ``metrics``.
 
     With a loader from ``auto_dataloader(..., shuffle=False)`` every sample is counted
     exactly once across ranks (padding is skipped) and metrics are reduced across ranks.

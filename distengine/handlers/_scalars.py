@@ -35,7 +35,7 @@ EVENT_ORDER = (
 
 
 def event_name(event: Any) -> str:
-    """Return the upper-case name of an event (``"ITERATION_COMPLETED"``), filtered or not."""
+    """Returns the upper-case name of an event (``"ITERATION_COMPLETED"``), filtered or not."""
     name = getattr(event, "name", None)
     if isinstance(name, str):
         return name.upper()
@@ -43,12 +43,12 @@ def event_name(event: Any) -> str:
 
 
 def is_filtered(event: Any) -> bool:
-    """Return True if ``event`` carries a filter (``every``/``once``/``before``/...)."""
+    """Returns True if ``event`` carries a filter (``every``/``once``/``before``/...)."""
     return getattr(event, "filter", None) is not None
 
 
 def event_counter(event: Any) -> str:
-    """Return ``"iteration"`` or ``"epoch"``: the state attribute that counts ``event``."""
+    """Returns ``"iteration"`` or ``"epoch"``: the state attribute that counts ``event``."""
     name = event_name(event)
     if name in _EPOCH_EVENTS:
         return "epoch"
@@ -56,7 +56,7 @@ def event_counter(event: Any) -> str:
 
 
 def max_count(event: Any, state: Any) -> int | None:
-    """Return how many times ``event`` fires per bar: epoch length or max epochs, if known."""
+    """Returns how many times ``event`` fires per bar: epoch length or max epochs, if known."""
     name = event_name(event)
     if name in _ITERATION_EVENTS:
         return state.epoch_length
@@ -68,7 +68,7 @@ def max_count(event: Any, state: Any) -> int | None:
 def flatten(
     key: tuple[str, ...], value: Any, *, allow_text: bool = False
 ) -> dict[tuple[str, ...], float | int | str]:
-    """Flatten one value into scalars keyed by name tuples.
+    """Flattens one value into scalars keyed by name tuples.
 
     Numbers stay numbers (``bool`` becomes ``int``), 0-d tensors become Python numbers,
     1-d tensors, lists, tuples and named tuples give one entry per element (key + index),
@@ -115,7 +115,7 @@ def flatten(
 def to_scalars(
     name: str, value: Any, *, separator: str = "/", allow_text: bool = False
 ) -> dict[str, float | int | str]:
-    """Flatten one named value into ``{name: scalar}`` (see :func:`flatten`).
+    """Flattens one named value into ``{name: scalar}`` (see :func:`flatten`).
 
     Args:
         name: name of the value.
@@ -134,7 +134,7 @@ def to_scalars(
 
 
 def check_metric_names(metric_names: Any) -> list[str] | str | None:
-    """Validate ``metric_names``: None, ``"all"`` or a list of metric names.
+    """Validates ``metric_names``: None, ``"all"`` or a list of metric names.
 
     Raises:
         TypeError: for anything else.
@@ -150,7 +150,7 @@ def check_metric_names(metric_names: Any) -> list[str] | str | None:
 
 
 def check_state_attributes(state_attributes: Any) -> list[str] | None:
-    """Validate ``state_attributes``: None or a list of attribute names.
+    """Validates ``state_attributes``: None or a list of attribute names.
 
     Raises:
         TypeError: for anything else.
@@ -210,7 +210,7 @@ def collect(
     allow_text: bool = False,
     state_attributes: list[str] | None = None,
 ) -> dict[str, float | int | str]:
-    """Gather the chosen metrics, the transformed output and state attributes, flattened.
+    """Gathers the chosen metrics, the transformed output and state attributes, flattened.
 
     Args:
         engine: the engine whose state is read.

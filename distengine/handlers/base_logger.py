@@ -76,7 +76,7 @@ class StepFromEngine:
 def global_step_from_engine(
     engine: Engine, custom_event_name: Any = None, fallback_attr: str = "epoch"
 ) -> Callable[[Engine, Any], int]:
-    """Label logged values with another engine's counters (usually the trainer's).
+    """Labels logged values with another engine's counters (usually the trainer's).
 
     Pass the result as ``global_step_transform`` when logging an evaluator: the step is
     the trainer's iteration for iteration events and its epoch otherwise, and CSV rows
@@ -93,9 +93,21 @@ def global_step_from_engine(
         A ``(engine, event_name) -> int`` callable.
 
     Example:
-        >>> logger.attach_output_handler(evaluator, Events.COMPLETED, tag="validation",
-        ...                              metric_names="all",
-        ...                              global_step_transform=global_step_from_engine(trainer))
+        >>> from distengine.handlers import CSVLogger
+        >>> logger = CSVLogger("log.csv")
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> _ = logger.attach_output_handler(evaluator, Events.COMPLETED, tag="validation",
+        ...                                  output_transform=lambda out: {"rows": len(out[1])},
+        ...                                  global_step_transform=global_step_from_engine(trainer))
+        >>> state = trainer.run(loader, max_epochs=2)
+        >>> logger.close()
+        >>> print(open("log.csv").read())  # the trainer's epoch and iteration
+        epoch,iteration,validation/rows
+        1,4,4
+        2,8,4
+        <BLANKLINE>
     """
     if not isinstance(engine, Engine):
         raise TypeError(f"engine should be an Engine, got {type(engine).__name__}")
@@ -302,13 +314,20 @@ class BaseLogger(ABC):
     output in ``close`` (also called when leaving a ``with`` block).
 
     Example:
+        >>> class PrintOutput(BaseOutputHandler):
+        ...     def __call__(self, engine, logger, event_name):
+        ...         values = self._setup_output_metrics_state_attrs(engine, key_tuple=False)
+        ...         print(engine.state.epoch, values)
         >>> class PrintLogger(BaseLogger):
         ...     def _create_output_handler(self, *args, **kwargs):
-        ...         return PrintOutput(*args, **kwargs)  # a BaseOutputHandler subclass
+        ...         return PrintOutput(*args, **kwargs)
         ...     def _create_opt_params_handler(self, *args, **kwargs):
-        ...         return PrintParams(*args, **kwargs)
-        >>> PrintLogger().attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train",
-        ...                                     metric_names="all")  # doctest: +SKIP
+        ...         raise NotImplementedError("this logger prints outputs only")
+        >>> handle = PrintLogger().attach_output_handler(
+        ...     trainer, Events.EPOCH_COMPLETED, tag="train", state_attributes=["seed"])
+        >>> state = trainer.run(loader, max_epochs=2, seed=7)
+        1 {'train/seed': 7}
+        2 {'train/seed': 7}
     """
 
     def attach(
@@ -358,8 +377,14 @@ class BaseLogger(ABC):
         ``state_attributes``.
 
         Example:
-            >>> logger.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=10),
-            ...                              tag="training", output_transform=lambda l: {"loss": l})
+            >>> from distengine.handlers import CSVLogger
+            >>> with CSVLogger("log.csv") as logger:
+            ...     handle = logger.attach_output_handler(
+            ...         trainer, Events.ITERATION_COMPLETED(every=2), tag="training",
+            ...         output_transform=lambda loss: {"loss": loss})
+            ...     state = trainer.run(loader, max_epochs=1)
+            >>> print(open("log.csv").readline(), end="")
+            epoch,iteration,training/loss
         """
         return self.attach(engine, self._create_output_handler(*args, **kwargs), event_name)
 
@@ -372,7 +397,15 @@ class BaseLogger(ABC):
         ``optimizer``, ``param_name="lr"``, ``tag``.
 
         Example:
-            >>> logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
+            >>> from distengine.handlers import CSVLogger
+            >>> with CSVLogger("log.csv") as logger:
+            ...     handle = logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
+            ...     state = trainer.run(loader, max_epochs=2)
+            >>> print(open("log.csv").read())
+            epoch,iteration,lr/group_0
+            1,0,0.1
+            2,4,0.1
+            <BLANKLINE>
         """
         return self.attach(engine, self._create_opt_params_handler(*args, **kwargs), event_name)
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from distengine.checkpoint.catalog import latest_for_all
-from distengine.checkpoint.collective import handshake
 from distengine.checkpoint.config import CheckpointConfig, check_to_save, default_score_fn
+from distengine.checkpoint.content import check_objects, rank_state_only, tree_state_dict
+from distengine.checkpoint.coordination import handshake
 from distengine.checkpoint.loading import load_objects
 from distengine.checkpoint.naming import check_pattern, render_filename, setup_filename_pattern
 from distengine.checkpoint.policy import Item
 from distengine.checkpoint.protocol import CollectiveSave, DirectoryTarget, target_for
 from distengine.checkpoint.save_handler import BaseSaveHandler
-from distengine.checkpoint.state import check_objects, rank_state_only, tree_state_dict
 from distengine.checkpoint.storage import Storage
 from distengine.engine import Engine, EventEnum, Events
 from distengine.handlers.disk_saver import DiskSaver
@@ -100,11 +100,15 @@ class Checkpoint:
             ``filename_prefix`` …).
 
     Example:
-        >>> to_save = {"model": model, "optimizer": opt, "trainer": trainer}  # doctest: +SKIP
-        >>> handler = Checkpoint(to_save, DiskSaver("/ckpt", require_empty=False), n_saved=2)  # doctest: +SKIP
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED(every=100), handler)  # doctest: +SKIP
-        >>> path = Checkpoint.latest("/ckpt")  # on every rank  # doctest: +SKIP
-        >>> if path: Checkpoint.load_objects(to_save, path)  # doctest: +SKIP
+        >>> to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
+        >>> handler = Checkpoint(to_save, DiskSaver("ckpt", require_empty=False), n_saved=2)
+        >>> handle = trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), handler)
+        >>> path = Checkpoint.latest("ckpt")  # on every rank; None: nothing saved yet
+        >>> if path:
+        ...     Checkpoint.load_objects(to_save, path)
+        >>> state = trainer.run(loader, max_epochs=2)
+        >>> handler.last_checkpoint.name  # 4 saved, the newest 2 kept
+        'checkpoint_8.pt'
     """
 
     SAVED_CHECKPOINT = CheckpointEvents.SAVED_CHECKPOINT
@@ -207,7 +211,7 @@ class Checkpoint:
         self._protocol.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"_saved": [(priority, filename), ...]}`` (Ignite's form)."""
+        """Returns the kept checkpoints: ``{"_saved": [(priority, filename), ...]}`` (as Ignite)."""
         return {"_saved": [(p, f) for p, f in self._protocol.saved]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -356,7 +360,9 @@ class Checkpoint:
             **storage_options: for the fsspec filesystem of a URL.
 
         Example:
-            >>> Checkpoint.load_objects({"model": model}, "/ckpt/model_100.pt", map_location="cpu")  # doctest: +SKIP
+            >>> handler = Checkpoint({"model": model}, "ckpt")
+            >>> handler(trainer)  # saves now
+            >>> Checkpoint.load_objects({"model": model}, handler.last_checkpoint, map_location="cpu")
         """
         load_objects(
             to_load,
@@ -374,7 +380,9 @@ class Checkpoint:
         io_timeout: float | None = None,
         **storage_options: Any,
     ) -> str | None:
-        """Path/URL of the newest valid checkpoint that holds an engine, or None; a collective.
+        """Returns the newest valid checkpoint that holds an engine (path or URL), or None.
+
+        A collective: call it on every rank.
 
         Rank 0 lists the manifests and verifies them as :meth:`load_objects` would
         (manifest checksum and fields, then digests), highest save sequence number first,
@@ -390,6 +398,9 @@ class Checkpoint:
             **storage_options: for the fsspec filesystem of a URL.
 
         Example:
+            >>> Checkpoint.latest("ckpt") is None  # nothing saved there yet
+            True
+            >>> # needs an S3 bucket and its credentials:
             >>> path = Checkpoint.latest("s3://bucket/run1", key="...", secret="...")  # doctest: +SKIP
         """
         storage = getattr(dirname, "storage", None)
@@ -411,8 +422,11 @@ class ModelCheckpoint(Checkpoint):
         **kwargs: :class:`DiskSaver` options (``torch.save`` and storage options).
 
     Example:
-        >>> handler = ModelCheckpoint("/tmp/models", "myprefix", n_saved=2, require_empty=False)  # doctest: +SKIP
-        >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, handler, {"model": model})  # doctest: +SKIP
+        >>> handler = ModelCheckpoint("models", "myprefix", n_saved=2, require_empty=False)
+        >>> handle = trainer.add_event_handler(Events.EPOCH_COMPLETED, handler, {"model": model})
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> handler.last_checkpoint.name
+        'myprefix_model_12.pt'
     """
 
     _needs_objects = False

@@ -15,7 +15,7 @@ _LABELS = ("epoch", "iteration")
 
 
 class CSVLogger(ScalarLogger):
-    """Write logged values to a CSV file, local or at an fsspec URL (``s3://...``).
+    """Writes logged values to a CSV file, local or at an fsspec URL (``s3://...``).
 
     Each logged event appends one row: ``epoch`` and ``iteration`` (of the engine that was
     logged, or of the trainer with ``global_step_from_engine(trainer)``), then one column
@@ -36,17 +36,28 @@ class CSVLogger(ScalarLogger):
     Example:
         >>> from distengine.handlers import CSVLogger
         >>> from distengine.handlers.base_logger import global_step_from_engine
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
         >>> with CSVLogger("runs/exp1/log.csv") as csv_logger:
-        ...     csv_logger.attach_output_handler(
-        ...         trainer, Events.ITERATION_COMPLETED(every=10), tag="training",
+        ...     _ = csv_logger.attach_output_handler(
+        ...         trainer, Events.ITERATION_COMPLETED(every=2), tag="training",
         ...         output_transform=lambda loss: {"loss": loss})
-        ...     csv_logger.attach_output_handler(
+        ...     _ = csv_logger.attach_output_handler(
         ...         evaluator, Events.COMPLETED, tag="validation", metric_names=["accuracy"],
         ...         global_step_transform=global_step_from_engine(trainer))
-        ...     csv_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
-        ...     trainer.run(loader, max_epochs=5)
-        >>> # epoch,iteration,training/loss,lr/group_0,validation/accuracy
-        >>> # 1,10,0.93,,
+        ...     _ = csv_logger.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer)
+        ...     state = trainer.run(loader, max_epochs=2)
+        >>> print(open("runs/exp1/log.csv").read())  # doctest: +ELLIPSIS
+        epoch,iteration,lr/group_0,training/loss,validation/accuracy
+        1,0,0.1,,
+        1,2,,1.29...,
+        1,4,,0.87...,
+        1,4,,,0.5
+        2,4,0.1,,
+        ...
     """
 
     def __init__(self, path_or_url: str, append: bool = False, **storage_options: Any) -> None:

@@ -109,7 +109,7 @@ class DiskSaver(BaseSaveHandler):
         self._session = WriterSession.anonymous()
 
     def url_of(self, filename: str) -> str | Path:
-        """The path (``Path``, local) or URL (``str``) of ``filename`` in this directory."""
+        """Returns the path (``Path``, local) or URL (``str``) of ``filename`` in this directory."""
         if self.storage.is_local:
             return Path(self.storage.path(filename))
         return self.storage.url_of(filename)

@@ -23,7 +23,7 @@ def _deprecated(old: str, new: str) -> None:
 
 
 class EarlyStopping:
-    """Call ``trainer.terminate()`` after ``patience`` checks without improvement.
+    """Calls ``trainer.terminate()`` after ``patience`` checks without improvement.
 
     Attach it to an evaluator (or the trainer) on the event where the score is known.
     Scores are compared in the direction of ``mode``: with ``mode="max"`` a score counts
@@ -57,11 +57,19 @@ class EarlyStopping:
     ``handler.threshold``, with a ``DeprecationWarning``).
 
     Example:
+        >>> from distengine.metrics import Loss
+        >>> Loss(torch.nn.functional.cross_entropy).attach(evaluator, "loss")
         >>> handler = EarlyStopping(
         ...     patience=3, score_function=lambda ev: -ev.state.metrics["loss"], trainer=trainer
         ... )
-        >>> evaluator.add_event_handler(Events.COMPLETED, handler)
+        >>> handle = evaluator.add_event_handler(Events.COMPLETED, handler)
         >>> to_save = {"trainer": trainer, "model": model, "early_stopping": handler}
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> handler.counter  # validations in a row without a better loss
+        0
     """
 
     def __init__(
@@ -153,7 +161,7 @@ class EarlyStopping:
         self.cumulative = value
 
     def __call__(self, engine: Engine) -> None:
-        """Read the score from ``engine`` and count or reset the patience."""
+        """Reads the score from ``engine`` and counts or resets the patience."""
         score = float(self.score_function(engine))
         if math.isnan(score):
             self._no_improvement(score)
@@ -187,7 +195,7 @@ class EarlyStopping:
             self.trainer.terminate()
 
     def reset(self, *_: Any, from_event: bool = False) -> None:
-        """Forget the best score and the count.
+        """Forgets the best score and the count.
 
         Args:
             from_event: set when a ``reset_event`` calls it: a reset right after
@@ -208,7 +216,7 @@ class EarlyStopping:
         reset_engine: Engine | None = None,
         reset_event: Any = Events.STARTED,
     ) -> None:
-        """Check on ``event`` of ``engine``; reset on ``reset_event`` of ``reset_engine``.
+        """Checks on ``event`` of ``engine``; resets on ``reset_event`` of ``reset_engine``.
 
         Without ``reset_engine`` the reset goes on ``engine`` only when ``engine`` is the
         trainer. Ignite also registers it on an evaluator's own ``STARTED``, which undoes
@@ -224,7 +232,8 @@ class EarlyStopping:
             reset_event: the resetting event.
 
         Example:
-            >>> handler.attach(evaluator, reset_engine=trainer)
+            >>> handler = EarlyStopping(patience=2, score_function=lambda ev: 0.0, trainer=trainer)
+            >>> handler.attach(evaluator, reset_engine=trainer)  # the count restarts with each run
         """
         engine.add_event_handler(event, self)
         if reset_engine is None and engine is self.trainer:
@@ -235,7 +244,7 @@ class EarlyStopping:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """Return ``{"counter": int, "best_score": float | None, "threshold_mode": str}``."""
+        """Returns ``{"counter": int, "best_score": float | None, "threshold_mode": str}``."""
         return {
             "counter": self.counter,
             "best_score": self.best_score,
@@ -243,7 +252,7 @@ class EarlyStopping:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore ``counter``, ``best_score`` (and ``threshold_mode``, if saved).
+        """Restores ``counter``, ``best_score`` (and ``threshold_mode``, if saved).
 
         Raises:
             ValueError: if ``counter`` or ``best_score`` is missing.

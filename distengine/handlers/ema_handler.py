@@ -55,9 +55,14 @@ class EMAHandler:
             unknown ``handle_buffers``.
 
     Example:
+        >>> from distengine.engine import create_supervised_evaluator
+        >>> from distengine.metrics import Accuracy
         >>> ema = EMAHandler(model, momentum=0.0002, momentum_warmup=0.01, warmup_iters=1000)
-        >>> ema.attach(trainer)  # doctest: +SKIP
-        >>> evaluator = create_supervised_evaluator(ema.ema_model, metrics=...)  # doctest: +SKIP
+        >>> ema.attach(trainer)
+        >>> ema_evaluator = create_supervised_evaluator(ema.ema_model, metrics={"acc": Accuracy()})
+        >>> state = trainer.run(loader, max_epochs=1)
+        >>> ema_evaluator.run(loader).metrics["acc"]  # doctest: +ELLIPSIS
+        0...
         >>> to_save = {"trainer": trainer, "model": model, "ema": ema}
     """
 
@@ -145,7 +150,7 @@ class EMAHandler:
         engine.add_event_handler(event, self._update_ema_model, name)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"ema_model": ..., "momentum_scheduler": ... or None}``."""
+        """Returns ``{"ema_model": ..., "momentum_scheduler": ... or None}``."""
         scheduler = self.momentum_scheduler
         return {
             "ema_model": self.ema_model.state_dict(),

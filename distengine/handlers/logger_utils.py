@@ -71,8 +71,18 @@ def setup_logging(
         ValueError: ``log_every_iters`` not a positive int.
 
     Example:
+        >>> from distengine.handlers import CSVLogger
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
         >>> csv = setup_logging(CSVLogger("runs/exp1/metrics.csv"), trainer, optimizer,
-        ...                     {"train": train_evaluator, "test": evaluator})  # doctest: +SKIP
+        ...                     {"test": evaluator}, log_every_iters=2)
+        >>> state = trainer.run(loader, max_epochs=2)
+        >>> csv.close()
+        >>> print(open("runs/exp1/metrics.csv").readline(), end="")
+        epoch,iteration,lr/group_0,test/accuracy
     """
     if not isinstance(logger, BaseLogger):
         raise TypeError(f"logger should be a BaseLogger, got {type(logger).__name__}")
@@ -144,7 +154,7 @@ def setup_tb_logging(
     evaluator_metric_names: MetricNames = "all",
     **kwargs: Any,
 ) -> TensorBoardLogger:
-    """A :class:`TensorBoardLogger` writing to ``output_path`` with the usual handlers.
+    """Creates a :class:`TensorBoardLogger` writing to ``output_path`` with the usual handlers.
 
     See :func:`setup_logging` for what is logged and when. Only the main process writes
     event files; call ``close()`` on the returned logger at the end.
@@ -164,9 +174,9 @@ def setup_tb_logging(
 
     Example:
         >>> tb_logger = setup_tb_logging("runs/exp1", trainer, optimizer,
-        ...                              evaluators={"training": train_evaluator, "test": evaluator})  # doctest: +SKIP
-        >>> trainer.run(loader, max_epochs=10)  # doctest: +SKIP
-        >>> tb_logger.close()  # doctest: +SKIP
+        ...                              evaluators={"test": evaluator})
+        >>> state = trainer.run(loader, max_epochs=2)
+        >>> tb_logger.close()
     """
     logger = TensorBoardLogger(output_path, **kwargs)
     setup_logging(

@@ -55,9 +55,12 @@ class ProgressBar:
         ModuleNotFoundError: tqdm cannot be imported.
 
     Example:
+        >>> from distengine.metrics import RunningAverage
+        >>> RunningAverage(output_transform=lambda loss: loss).attach(trainer, "loss")
         >>> pbar = ProgressBar(persist=True)
         >>> pbar.attach(trainer, metric_names=["loss"], output_transform=lambda out: {"batch": out})
-        >>> # Epoch [2/5]: [64/128]  50%|#####     , loss=0.31, batch=0.29 [00:03<00:03]
+        >>> state = trainer.run(loader, max_epochs=2)  # on stderr, one bar per epoch:
+        >>> # Epoch [2/2]: [2/4]  50%|#####     , loss=0.31, batch=0.29 [00:00<00:00]
     """
 
     def __init__(
@@ -85,10 +88,13 @@ class ProgressBar:
         self._counter = "iteration"
 
     def log_message(self, message: str) -> None:
-        """Print ``message`` above the bar without breaking it (main process only).
+        """Prints ``message`` above the bar without breaking it (main process only).
 
         Example:
-            >>> pbar.log_message(f"epoch {trainer.state.epoch}: val acc {acc:.3f}")
+            >>> import sys
+            >>> pbar = ProgressBar(file=sys.stdout)
+            >>> pbar.log_message(f"epoch {trainer.state.epoch}: val acc {0.8125:.3f}")
+            epoch 0: val acc 0.812
         """
         if idist.is_main_process():
             self._bar_class.write(message, file=self.tqdm_kwargs.get("file"))
@@ -102,7 +108,7 @@ class ProgressBar:
         closing_event_name: Any = Events.EPOCH_COMPLETED,
         state_attributes: list[str] | None = None,
     ) -> None:
-        """Draw the bar on ``engine``.
+        """Draws the bar on ``engine``.
 
         Args:
             engine: the engine to follow.

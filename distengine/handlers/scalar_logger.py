@@ -49,12 +49,14 @@ class OutputHandler(BaseOutputHandler):
     See :class:`~distengine.handlers.base_logger.BaseOutputHandler` for the arguments.
 
     Example:
-        >>> logger.attach(
+        >>> from distengine.handlers import CSVLogger, global_step_from_engine
+        >>> logger = CSVLogger("log.csv")
+        >>> handle = logger.attach(
         ...     evaluator,
         ...     OutputHandler("validation", metric_names="all",
         ...                   global_step_transform=global_step_from_engine(trainer)),
         ...     Events.COMPLETED,
-        ... )  # doctest: +SKIP
+        ... )
     """
 
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
@@ -68,7 +70,13 @@ class OptimizerParamsHandler(BaseOptimizerParamsHandler):
     """Logs ``param_name`` of each parameter group as ``[{tag}/]{param_name}/group_{i}``.
 
     Example:
-        >>> logger.attach(trainer, OptimizerParamsHandler(optimizer), Events.ITERATION_STARTED)  # doctest: +SKIP
+        >>> from distengine.handlers import CSVLogger
+        >>> with CSVLogger("log.csv") as logger:
+        ...     handle = logger.attach(trainer, OptimizerParamsHandler(optimizer), Events.EPOCH_STARTED)
+        ...     state = trainer.run(loader, max_epochs=1)
+        >>> print(open("log.csv").read(), end="")
+        epoch,iteration,lr/group_0
+        1,0,0.1
     """
 
     def __call__(self, engine: Engine, logger: Any, event_name: Any) -> None:
@@ -83,7 +91,12 @@ class WeightsScalarHandler(BaseWeightsScalarHandler):
     """Logs ``reduction(parameter)`` as ``[{tag}/]weights_{reduction}/{name}``.
 
     Example:
-        >>> logger.attach(trainer, WeightsScalarHandler(model), Events.EPOCH_COMPLETED)  # doctest: +SKIP
+        >>> from distengine.handlers import CSVLogger
+        >>> with CSVLogger("log.csv") as logger:
+        ...     handle = logger.attach(trainer, WeightsScalarHandler(model), Events.EPOCH_COMPLETED)
+        ...     state = trainer.run(loader, max_epochs=1)
+        >>> print(open("log.csv").readline(), end="")
+        epoch,iteration,weights_norm/weight,weights_norm/bias
     """
 
     _kind = "weights"
@@ -108,7 +121,12 @@ class GradsScalarHandler(WeightsScalarHandler):
     """Logs ``reduction(parameter.grad)`` as ``[{tag}/]grads_{reduction}/{name}`` (skips parameters without a gradient).
 
     Example:
-        >>> logger.attach(trainer, GradsScalarHandler(model), Events.ITERATION_COMPLETED(every=100))  # doctest: +SKIP
+        >>> from distengine.handlers import CSVLogger
+        >>> with CSVLogger("log.csv") as logger:
+        ...     handle = logger.attach(trainer, GradsScalarHandler(model), Events.ITERATION_COMPLETED(every=2))
+        ...     state = trainer.run(loader, max_epochs=1)
+        >>> print(open("log.csv").readline(), end="")
+        epoch,iteration,grads_norm/weight,grads_norm/bias
     """
 
     _kind = "grads"
@@ -135,7 +153,7 @@ class ScalarLogger(BaseLogger):
 
     @abstractmethod
     def _write(self, values: dict[str, float | int], epoch: int, iteration: int, step: int) -> None:
-        """Write one event's values, labelled with epoch, iteration and step."""
+        """Writes one event's values, labelled with epoch, iteration and step."""
 
     @abstractmethod
     def _close(self) -> None:
@@ -172,5 +190,5 @@ class ScalarLogger(BaseLogger):
         self._write(values, labels.state.epoch, labels.state.iteration, step)
 
     def close(self) -> None:
-        """Flush and close the output (no-op on ranks that write nothing)."""
+        """Flushes and closes the output (no-op on ranks that write nothing)."""
         self._close()

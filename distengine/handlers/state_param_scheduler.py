@@ -51,8 +51,10 @@ class StateParamScheduler(BaseParamScheduler):
                 handler may own it).
 
         Example:
-            >>> scheduler = ExpStateScheduler(1.0, 0.99, param_name="kl_weight", create_new=True)
-            >>> scheduler.attach(trainer)  # doctest: +SKIP
+            >>> scheduler = ExpStateScheduler(1.0, 0.5, param_name="kl_weight", create_new=True)
+            >>> scheduler.attach(trainer)
+            >>> trainer.run(loader, max_epochs=1).kl_weight  # 0.5 ** 4 after 4 iterations
+            0.0625
         """
         if hasattr(engine.state, self.param_name):
             if self.create_new:
@@ -86,7 +88,7 @@ class StateParamScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, value], ...]`` for ``num_events`` events (``save_history`` is ignored).
+        """Returns ``[[i, value], ...]`` for ``num_events`` events (``save_history`` is ignored).
 
         Example:
             >>> StepStateScheduler.simulate_values(

@@ -35,7 +35,7 @@ def _summary_writer_class() -> type:
 
 
 class TensorBoardLogger(ScalarLogger):
-    """Write logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
+    """Writes logged values as TensorBoard scalars (``add_scalar(name, value, step)``).
 
     Uses ``torch.utils.tensorboard.SummaryWriter`` (needs the optional ``tensorboard``
     package: ``pip install 'distengine[tensorboard]'``). Only the main process creates the
@@ -50,15 +50,22 @@ class TensorBoardLogger(ScalarLogger):
         ImportError: if tensorboard is not installed (on every rank, at construction).
 
     Example:
+        >>> from distengine.handlers.base_logger import global_step_from_engine
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
         >>> with TensorBoardLogger("runs/exp1") as tb_logger:
-        ...     tb_logger.attach_output_handler(
-        ...         trainer, Events.ITERATION_COMPLETED(every=10), tag="training",
+        ...     _ = tb_logger.attach_output_handler(
+        ...         trainer, Events.ITERATION_COMPLETED(every=2), tag="training",
         ...         output_transform=lambda loss: {"loss": loss})
-        ...     tb_logger.attach_output_handler(
+        ...     _ = tb_logger.attach_output_handler(
         ...         evaluator, Events.COMPLETED, tag="validation", metric_names="all",
         ...         global_step_transform=global_step_from_engine(trainer))
-        ...     tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED, optimizer)
-        ...     trainer.run(loader, max_epochs=5)
+        ...     _ = tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED, optimizer)
+        ...     state = trainer.run(loader, max_epochs=2)
+        >>> import os
+        >>> [name.startswith("events.out.tfevents") for name in os.listdir("runs/exp1")]
+        [True]
     """
 
     def __init__(self, log_dir: str | os.PathLike, **writer_kwargs: Any) -> None:

@@ -17,7 +17,7 @@ _log = logging.getLogger(__name__)
 
 
 def _all_finite(value: Any) -> bool:
-    """Return False if ``value`` -- a number, tensor, or nested sequence/mapping -- has NaN/inf."""
+    """Returns False if ``value`` -- a number, tensor, or nested sequence/mapping -- has NaN/inf."""
     if isinstance(value, torch.Tensor):
         if not (value.is_floating_point() or value.is_complex()):
             return True
@@ -35,7 +35,7 @@ def _all_finite(value: Any) -> bool:
 
 
 class TerminateOnNan:
-    """Call ``engine.terminate()`` when the (transformed) output is not finite.
+    """Calls ``engine.terminate()`` when the (transformed) output is not finite.
 
     Numbers and floating-point tensors are checked, also inside lists, tuples and dicts;
     other values are ignored. The check is local: a NaN on one rank makes that rank
@@ -49,9 +49,15 @@ class TerminateOnNan:
         output_transform: maps ``engine.state.output`` to the value to check.
 
     Example:
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED,
-        ...                           TerminateOnNan(output_transform=lambda out: out["loss"]))
+        >>> handle = trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(float("nan"))
+        >>> trainer.run(loader, max_epochs=2).iteration  # stopped after the first iteration
+        1
+
+        For an output that is a dict, say which value to check:
+
+        >>> nan_check = TerminateOnNan(output_transform=lambda out: out["loss"])
     """
 
     def __init__(self, output_transform: Callable[[Any], Any] = lambda x: x) -> None:
@@ -60,7 +66,7 @@ class TerminateOnNan:
         self._output_transform = output_transform
 
     def __call__(self, engine: Engine) -> None:
-        """Check ``engine.state.output``; terminate ``engine`` if it has a NaN or inf."""
+        """Checks ``engine.state.output``; terminates ``engine`` if it has a NaN or inf."""
         output = self._output_transform(engine.state.output)
         if _all_finite(output):
             return

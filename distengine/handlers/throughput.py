@@ -16,7 +16,7 @@ _log = logging.getLogger(__name__)
 
 
 def _leading_dim(batch: Any) -> int | None:
-    """Return the first dimension of the first tensor found in ``batch``, if any."""
+    """Returns the first dimension of the first tensor found in ``batch``, if any."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.ndim > 0 else 1
     if isinstance(batch, Mapping):
@@ -50,11 +50,14 @@ class ThroughputLogger:
         clock: returns the current time in seconds (``time.perf_counter`` by default).
 
     Example:
-        >>> ThroughputLogger().attach(trainer)
-        >>> csv_logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="train",
-        ...                                  metric_names=["samples_per_sec"])
-        >>> trainer.run(loader, max_epochs=2)
-        >>> trainer.state.metrics["samples_per_sec"]  # job-wide, same on every rank
+        >>> from distengine.handlers import CSVLogger
+        >>> throughput = ThroughputLogger().attach(trainer)
+        >>> with CSVLogger("log.csv") as csv_logger:
+        ...     handle = csv_logger.attach_output_handler(
+        ...         trainer, Events.EPOCH_COMPLETED, tag="train", metric_names=["samples_per_sec"])
+        ...     state = trainer.run(loader, max_epochs=2)
+        >>> trainer.state.metrics["samples_per_sec"] > 0  # job-wide, same on every rank
+        True
     """
 
     def __init__(
@@ -75,7 +78,7 @@ class ThroughputLogger:
         self._reset()
 
     def attach(self, engine: Engine) -> ThroughputLogger:
-        """Count on ``engine``'s iterations and report at each of its epoch ends.
+        """Counts on ``engine``'s iterations and reports at each of its epoch ends.
 
         Attach it before any handler that reads ``engine.state.metrics[name]`` at
         ``EPOCH_COMPLETED``, since handlers run in the order they were added.

@@ -29,7 +29,7 @@ class TimeLimit:
         ValueError: ``limit_sec`` is not positive.
 
     Example:
-        >>> trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(4 * 3600))  # doctest: +SKIP
+        >>> handle = trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(4 * 3600))
     """
 
     def __init__(self, limit_sec: int = 28800) -> None:

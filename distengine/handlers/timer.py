@@ -10,7 +10,7 @@ from distengine.engine import Engine, Events
 
 
 class Timer:
-    """Measure the time between events, in seconds, on this process.
+    """Measures the time between events, in seconds, on this process.
 
     The timer runs from ``reset`` (or construction); ``pause``/``resume`` exclude spans;
     ``step`` counts occurrences so that ``average=True`` gives the time per step. Each rank
@@ -30,16 +30,16 @@ class Timer:
     Example:
         Average time of one iteration's process function:
 
-        >>> timer = Timer(average=True)
-        >>> timer.attach(
+        >>> timer = Timer(average=True).attach(
         ...     trainer,
         ...     start=Events.EPOCH_STARTED,
         ...     resume=Events.ITERATION_STARTED,
         ...     pause=Events.ITERATION_COMPLETED,
         ...     step=Events.ITERATION_COMPLETED,
         ... )
-        >>> trainer.run(data, max_epochs=1)
-        >>> timer.value()  # seconds per iteration
+        >>> state = trainer.run(loader, max_epochs=1)
+        >>> timer.step_count, 0 < timer.value() < 1  # 4 iterations, seconds per iteration
+        (4.0, True)
     """
 
     def __init__(self, average: bool = False, *, clock: Callable[[], float] = time.perf_counter):
@@ -57,7 +57,7 @@ class Timer:
         resume: Any | None = None,
         step: Any | None = None,
     ) -> Timer:
-        """Drive the timer from events of ``engine``.
+        """Drives the timer from events of ``engine``.
 
         Args:
             engine: the engine whose events control the timer.
@@ -72,6 +72,9 @@ class Timer:
         Example:
             >>> epoch_timer = Timer().attach(trainer, start=Events.EPOCH_STARTED,
             ...                              pause=Events.EPOCH_COMPLETED)
+            >>> state = trainer.run(loader, max_epochs=1)
+            >>> epoch_timer.value() > 0  # seconds of the last epoch
+            True
         """
         engine.add_event_handler(start, self.reset)
         engine.add_event_handler(pause, self.pause)
@@ -82,7 +85,7 @@ class Timer:
         return self
 
     def reset(self, *args: Any) -> Timer:
-        """Set the total and step count to zero and start running (engine args ignored)."""
+        """Sets the total and step count to zero and starts running (engine args ignored)."""
         self._t0 = self._clock()
         self.total = 0.0
         self.step_count = 0.0
@@ -90,23 +93,23 @@ class Timer:
         return self
 
     def pause(self, *args: Any) -> None:
-        """Stop measuring, keeping the time so far; no effect if already paused."""
+        """Stops measuring, keeping the time so far; no effect if already paused."""
         if self.running:
             self.total += self._clock() - self._t0
             self.running = False
 
     def resume(self, *args: Any) -> None:
-        """Start measuring again after a pause; no effect if running."""
+        """Starts measuring again after a pause; no effect if running."""
         if not self.running:
             self._t0 = self._clock()
             self.running = True
 
     def step(self, *args: Any) -> None:
-        """Count one step (the divisor of ``value()`` when ``average=True``)."""
+        """Counts one step (the divisor of ``value()`` when ``average=True``)."""
         self.step_count += 1.0
 
     def value(self) -> float:
-        """Return the time measured so far, divided by the step count if ``average``.
+        """Returns the time measured so far, divided by the step count if ``average``.
 
         Example:
             >>> Timer(clock=iter([0.0, 2.5]).__next__).value()

@@ -2,7 +2,11 @@
 
 Example:
     >>> from distengine.metrics import Accuracy, Loss
-    >>> Accuracy().attach(evaluator, "accuracy")  # doctest: +SKIP
+    >>> Accuracy().attach(evaluator, "accuracy")
+    >>> Loss(torch.nn.functional.cross_entropy).attach(evaluator, "loss")
+    >>> metrics = evaluator.run(loader).metrics  # the same values on every rank
+    >>> sorted(metrics)
+    ['accuracy', 'loss']
 """
 
 from distengine.exceptions import NotComputableError

@@ -66,7 +66,7 @@ class Accuracy(ClassificationMetric):
         ignore_index: int | Iterable[int] | None = None,
         output_transform: Callable[[Any], Any] = lambda x: x,
     ) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
-        """An ``output_transform`` for sequence outputs: token-level accuracy.
+        """Returns an ``output_transform`` for sequence outputs: token-level accuracy.
 
         ``output_transform`` gives ``(y_pred, y)`` of shapes ``(N, S, C)`` and ``(N, S)``;
         the result is ``(N*S, C)`` and ``(N*S,)`` with the positions whose target is

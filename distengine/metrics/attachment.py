@@ -131,9 +131,12 @@ class MetricsReducer:
     """Runs the metrics attached to one engine; made by :meth:`Metric.attach`.
 
     Example:
-        >>> Accuracy().attach(evaluator, "acc")  # doctest: +SKIP
-        >>> Loss(nll).attach(evaluator, "loss")  # doctest: +SKIP
+        >>> from distengine.metrics import Accuracy, Loss
+        >>> Accuracy().attach(evaluator, "acc")
+        >>> Loss(torch.nn.functional.cross_entropy).attach(evaluator, "loss")
         >>> # both reduced in one all_gather at EPOCH_COMPLETED
+        >>> sorted(evaluator.run(loader).metrics)
+        ['acc', 'loss']
     """
 
     def __init__(self, engine: Any) -> None:

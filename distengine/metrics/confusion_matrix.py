@@ -159,7 +159,7 @@ def _without(vector: torch.Tensor, index: int) -> torch.Tensor:
 
 
 def IoU(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda:  # noqa: N802
-    """Intersection over union per class: ``TP / (TP + FP + FN)`` (``ignore_index`` dropped).
+    """Computes the intersection over union per class: ``TP / (TP + FP + FN)`` (``ignore_index`` dropped).
 
     Example:
         >>> iou = IoU(ConfusionMatrix(num_classes=3), ignore_index=0)  # a MetricsLambda
@@ -173,7 +173,7 @@ def IoU(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda: 
 
 
 def mIoU(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda:  # noqa: N802
-    """Mean of :func:`IoU` over the classes (``ignore_index`` left out).
+    """Computes the mean of :func:`IoU` over the classes (``ignore_index`` left out).
 
     Example:
         >>> miou = mIoU(ConfusionMatrix(num_classes=21), ignore_index=0)  # a MetricsLambda
@@ -182,7 +182,7 @@ def mIoU(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda:
 
 
 def JaccardIndex(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda:  # noqa: N802
-    """Same as :func:`IoU` (the Jaccard index of each class).
+    """Computes the Jaccard index of each class (the same as :func:`IoU`).
 
     Example:
         >>> j = JaccardIndex(ConfusionMatrix(num_classes=3))
@@ -191,7 +191,7 @@ def JaccardIndex(cm: ConfusionMatrix, ignore_index: int | None = None) -> Metric
 
 
 def DiceCoefficient(cm: ConfusionMatrix, ignore_index: int | None = None) -> MetricsLambda:  # noqa: N802
-    """Dice coefficient per class: ``2 TP / (2 TP + FP + FN)`` (``ignore_index`` dropped).
+    """Computes the Dice coefficient per class: ``2 TP / (2 TP + FP + FN)`` (``ignore_index`` dropped).
 
     Example:
         >>> dice = DiceCoefficient(ConfusionMatrix(num_classes=3))
@@ -205,7 +205,7 @@ def DiceCoefficient(cm: ConfusionMatrix, ignore_index: int | None = None) -> Met
 
 
 def cmAccuracy(cm: ConfusionMatrix) -> MetricsLambda:  # noqa: N802
-    """Accuracy from a confusion matrix: trace / total.
+    """Computes the accuracy from a confusion matrix: trace / total.
 
     Example:
         >>> acc = cmAccuracy(ConfusionMatrix(num_classes=3))
@@ -216,7 +216,7 @@ def cmAccuracy(cm: ConfusionMatrix) -> MetricsLambda:  # noqa: N802
 
 
 def cmPrecision(cm: ConfusionMatrix, average: bool = True) -> MetricsLambda:  # noqa: N802
-    """Precision per class from a confusion matrix (their mean when ``average``).
+    """Computes the precision per class from a confusion matrix (their mean when ``average``).
 
     Example:
         >>> p = cmPrecision(ConfusionMatrix(num_classes=3), average=False)
@@ -228,7 +228,7 @@ def cmPrecision(cm: ConfusionMatrix, average: bool = True) -> MetricsLambda:  # 
 
 
 def cmRecall(cm: ConfusionMatrix, average: bool = True) -> MetricsLambda:  # noqa: N802
-    """Recall per class from a confusion matrix (their mean when ``average``).
+    """Computes the recall per class from a confusion matrix (their mean when ``average``).
 
     Example:
         >>> r = cmRecall(ConfusionMatrix(num_classes=3), average=False)

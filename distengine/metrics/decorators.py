@@ -19,7 +19,7 @@ _IGNITE_OPS = {"SUM": "sum", "MAX": "max", "MIN": "min", "PRODUCT": "prod"}
 
 
 def sync_all_reduce(*attrs: str) -> Callable[[Callable], Callable]:
-    """The attributes a method sees reduced across ranks (Ignite's decorator).
+    """Makes a method see the named attributes reduced across ranks (Ignite's decorator).
 
     ``"attr"`` is summed; ``"attr:MAX"``, ``"attr:MIN"``, ``"attr:PRODUCT"`` choose another
     op (an invalid op raises when the class is defined). On ``compute`` this is a
@@ -100,7 +100,7 @@ class _Declared:
 
 
 def reinit__is_reduced(func: Callable) -> Callable:  # noqa: N802 - Ignite's name
-    """Ignite's marker for ``reset``/``update``; kept for source compatibility.
+    """Marks ``reset``/``update`` as Ignite does (it changes nothing; kept for source compatibility).
 
     distengine never reduces a metric's state in place (``compute`` works on a reduced
     copy), so there is no "already reduced" flag to clear; a cached ``_result`` is dropped.

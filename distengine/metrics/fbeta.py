@@ -23,7 +23,7 @@ def Fbeta(  # noqa: N802 - Ignite's name (a function returning a MetricsLambda)
     output_transform: Callable[[Any], Any] | None = None,
     device: str | torch.device | None = None,
 ) -> MetricsLambda:
-    """``(1 + beta^2) * P * R / (beta^2 * P + R)`` per class, averaged unless ``average=False``.
+    """Computes ``(1 + beta^2) * P * R / (beta^2 * P + R)`` per class, averaged unless ``average=False``.
 
     Built from a :class:`Precision` and a :class:`Recall` with ``average=False`` (given, or
     made here with ``output_transform`` and ``device``), so at world size > 1 it is computed

@@ -246,7 +246,12 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         without recording gradients.
 
         Example:
-            >>> metric.iteration_completed(engine)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> evaluator.state.output = (torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
+            >>> metric.iteration_completed(evaluator)
+            >>> metric.compute()
+            0.5
         """
         if torch.is_grad_enabled():
             with torch.no_grad():
@@ -300,9 +305,10 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
                 ``BatchFiltered(every=...)``.
 
         Example:
-            >>> Accuracy().attach(evaluator, "accuracy")  # doctest: +SKIP
-            >>> evaluator.run(val_loader).metrics["accuracy"]  # doctest: +SKIP
-            0.93
+            >>> from distengine.metrics import Accuracy
+            >>> Accuracy().attach(evaluator, "accuracy")
+            >>> evaluator.run(loader).metrics["accuracy"]
+            0.4375
         """
         if not isinstance(name, str):
             raise TypeError(f"Metric name must be a str, got {type(name).__name__}")
@@ -312,8 +318,11 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         """Detaches the metric (all its names for this usage) from ``engine``.
 
         Example:
-            >>> metric.detach(engine)  # doctest: +SKIP
-            >>> metric.is_attached(engine)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> metric.attach(evaluator, "accuracy")
+            >>> metric.detach(evaluator)
+            >>> metric.is_attached(evaluator)
             False
         """
         usage = self._check_usage(usage)
@@ -322,10 +331,13 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             reducer.remove(self, usage)
 
     def is_attached(self, engine: Any, usage: str | MetricUsage | None = None) -> bool:
-        """Whether the metric is attached to ``engine`` with ``usage``.
+        """Returns whether the metric is attached to ``engine`` with ``usage``.
 
         Example:
-            >>> metric.is_attached(engine, usage="epoch_wise")  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric = Accuracy()
+            >>> metric.attach(evaluator, "accuracy")
+            >>> metric.is_attached(evaluator, usage="epoch_wise")
             True
         """
         usage = self._check_usage(usage)
@@ -347,8 +359,13 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
         own state) and lists or dicts of these.
 
         Example:
-            >>> sd = metric.rank_state_dict()  # doctest: +SKIP
-            >>> other.load_rank_state_dict(sd)  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> metric, other = Accuracy(), Accuracy()
+            >>> metric.update((torch.tensor([[0.9, 0.1]]), torch.tensor([0])))
+            >>> sd = metric.rank_state_dict()
+            >>> other.load_rank_state_dict(sd)
+            >>> other.compute()
+            1.0
         """
         state = {}
         for key in self._state_names():
@@ -394,15 +411,19 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
             setattr(self, key, loaded_value(current, state_dict[key], self._device))
 
     def state_dict(self) -> OrderedDict:
-        """Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
+        """Returns the state of every rank in Ignite's format: ``{"__metric_state_per_rank": [rank 0's state, rank 1's, ...]}``.
 
         At world size > 1 the ranks' states are gathered (a collective: call it on every
         rank). Attached metrics are already saved with the engine (``Engine.rank_state_dict``);
         this is for a metric used on its own.
 
         Example:
-            >>> m = Accuracy()  # doctest: +SKIP
-            >>> other.load_state_dict(m.state_dict())  # doctest: +SKIP
+            >>> from distengine.metrics import Accuracy
+            >>> m, other = Accuracy(), Accuracy()
+            >>> m.update((torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([0, 1])))
+            >>> other.load_state_dict(m.state_dict())
+            >>> other.compute()
+            0.5
         """
         mine = self.rank_state_dict()
         per_rank = idist.all_gather(mine) if idist.get_world_size() > 1 else [mine]
@@ -431,7 +452,7 @@ class Metric(LambdaOperators, metaclass=ABCMeta):
 
     # Checkpoint stores an object whose state_dict is a collective (a metric's: Ignite's format
     # gathers every rank's state) through its rank_state_dict, gathered on every rank, instead
-    # of calling state_dict on the writer alone (distengine.checkpoint.state.rank_state_only).
+    # of calling state_dict on the writer alone (distengine.checkpoint.content.rank_state_only).
     state_dict_is_collective: ClassVar[bool] = True
 
     # --- views used by the reducer --------------------------------------------------------

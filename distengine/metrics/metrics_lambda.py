@@ -37,8 +37,12 @@ class MetricsLambda(Metric, builds_lambdas=True):
         >>> from distengine.metrics import Precision, Recall
         >>> precision, recall = Precision(average=False), Recall(average=False)
         >>> f1 = MetricsLambda(lambda p, r: (2 * p * r / (p + r + 1e-20)).mean().item(), precision, recall)
-        >>> f1.attach(evaluator, "f1")  # doctest: +SKIP
+        >>> f1.attach(evaluator, "f1")
         >>> also_f1 = (precision * recall * 2 / (precision + recall + 1e-20)).mean()
+        >>> also_f1.attach(evaluator, "also_f1")
+        >>> metrics = evaluator.run(loader).metrics
+        >>> round(metrics["f1"], 4) == round(float(metrics["also_f1"]), 4)
+        True
     """
 
     _updates_itself = False

@@ -58,8 +58,11 @@ class RunningAverage(Metric):
         skip_unrolling: see :class:`~distengine.metrics.Metric`.
 
     Example:
+        >>> ra = RunningAverage(output_transform=lambda loss: loss)
+        >>> ra.attach(trainer, "running_loss")
+        >>> trainer.run(loader, max_epochs=1).metrics["running_loss"] > 0
+        True
         >>> ra = RunningAverage(output_transform=lambda out: out["loss"])
-        >>> ra.attach(trainer, "running_loss")  # doctest: +SKIP
         >>> ra.update(1.0); ra.update(0.0)
         >>> round(ra.compute(), 4)
         0.98

@@ -100,7 +100,7 @@ class TorchMetric(Metric):
     Example:
         >>> import torchmetrics
         >>> f1 = TorchMetric(torchmetrics.F1Score(task="multiclass", num_classes=3, average="macro"))
-        >>> f1.attach(evaluator, "f1")  # doctest: +SKIP
+        >>> f1.attach(evaluator, "f1")
         >>> f1.update((torch.tensor([0, 2, 1]), torch.tensor([0, 1, 1])))
         >>> round(float(f1.compute()), 4)
         0.5556
@@ -155,7 +155,7 @@ class TorchMetric(Metric):
         self.update(output)
 
     def compute(self) -> Any:
-        """The wrapped metric's ``compute()`` over all ranks' states (reduced first)."""
+        """Returns the wrapped metric's ``compute()`` over all ranks' states (reduced first)."""
         if getattr(self, _COUNTER) == 0:
             raise NotComputableError(
                 f"{type(self.metric).__name__} must have at least one update before it can be computed"

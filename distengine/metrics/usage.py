@@ -18,8 +18,10 @@ usage=...)`` accepts either. Reset / update / write events:
 
 Example:
     >>> from distengine.metrics import Accuracy, BatchWise
-    >>> Accuracy().attach(evaluator, "acc", usage=BatchWise())  # doctest: +SKIP
-    >>> Accuracy().attach(evaluator, "acc", usage="batch_wise")  # doctest: +SKIP
+    >>> Accuracy().attach(evaluator, "acc", usage=BatchWise())
+    >>> Accuracy().attach(evaluator, "acc_too", usage="batch_wise")  # the same, by name
+    >>> evaluator.run(loader).metrics["acc"]  # the last batch's accuracy
+    0.5
 """
 
 from __future__ import annotations
@@ -147,8 +149,11 @@ class BatchFiltered(MetricUsage):
     counter, which is the same on every rank, so all ranks update on the same iterations.
 
     Example:
+        >>> from distengine.metrics import Accuracy
         >>> usage = BatchFiltered(every=2)
-        >>> Accuracy().attach(evaluator, "acc", usage=usage)  # doctest: +SKIP
+        >>> Accuracy().attach(evaluator, "acc", usage=usage)  # batches 2 and 4 of each epoch
+        >>> evaluator.run(loader).metrics["acc"]
+        0.25
     """
 
     usage_name: str = "batch_filtered"
@@ -174,7 +179,7 @@ _BY_NAME: dict[str, type[MetricUsage]] = {
 
 
 def as_usage(usage: str | MetricUsage) -> MetricUsage:
-    """The usage object for ``usage`` (a :class:`MetricUsage` or one of the ``usage_name`` strings).
+    """Returns the usage object for ``usage`` (a :class:`MetricUsage` or one of the ``usage_name`` strings).
 
     Example:
         >>> as_usage("batch_wise")

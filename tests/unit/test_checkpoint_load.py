@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from distengine.checkpoint import CheckpointIntegrityError, read_payload
-from distengine.checkpoint.state import RESERVED_KEY
+from distengine.checkpoint.content import RESERVED_KEY
 from distengine.engine import Engine, Events
 from distengine.handlers.checkpoint import Checkpoint
 

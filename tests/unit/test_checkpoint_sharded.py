@@ -27,9 +27,9 @@ from distengine.checkpoint import (
     list_checkpoints,
     read_payload,
 )
+from distengine.checkpoint.content import SHARDED_MARKER, check_weights_only
 from distengine.checkpoint.manifest import manifest_name
 from distengine.checkpoint.sharded import find_parts, shard_names
-from distengine.checkpoint.state import SHARDED_MARKER, check_weights_only
 from distengine.checkpoint.writer import DirectoryWriter, SaveRequest, WriterSession
 from distengine.distributed import sharded as dsh
 from distengine.engine import Engine, Events

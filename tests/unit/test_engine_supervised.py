@@ -54,7 +54,9 @@ def test_gradient_accumulation_equals_big_batch():
 
 def test_bad_accumulation_steps():
     model = _model()
-    with pytest.raises(ValueError, match="Gradient_accumulation_steps must be strictly positive: .* got 0"):
+    with pytest.raises(
+        ValueError, match="Gradient_accumulation_steps must be strictly positive: .* got 0"
+    ):
         create_supervised_trainer(
             model,
             torch.optim.SGD(model.parameters(), lr=0.1),

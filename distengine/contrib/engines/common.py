@@ -14,10 +14,13 @@ loggers draw and write from the main process only, metrics are reduced over rank
 
 Example:
     >>> from distengine.contrib.engines import common
+    >>> scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
     >>> common.setup_common_training_handlers(
     ...     trainer, to_save={"model": model, "optimizer": optimizer, "trainer": trainer},
-    ...     output_path="runs/exp1", save_every_iters=500, lr_scheduler=scheduler,
-    ...     output_names=["loss"])  # doctest: +SKIP
+    ...     output_path="runs/exp1", save_every_iters=2, lr_scheduler=scheduler,
+    ...     output_names=["loss"], with_pbars=False)
+    >>> trainer.run(loader, max_epochs=2).metrics["loss"] > 0  # a running average
+    True
 """
 
 from __future__ import annotations
@@ -199,11 +202,18 @@ def setup_common_training_handlers(
             size > 1) a ``train_sampler`` without ``set_epoch``.
 
     Example:
+        >>> lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
         >>> setup_common_training_handlers(
-        ...     trainer, train_sampler=train_loader.sampler,
+        ...     trainer, train_sampler=loader.sampler,
         ...     to_save={"trainer": trainer, "model": model, "optimizer": optimizer},
-        ...     save_every_iters=1000, output_path="/tmp/ckpt", lr_scheduler=lr_scheduler,
-        ...     output_names=["batch loss"], with_pbars=False)  # doctest: +SKIP
+        ...     save_every_iters=2, output_path="ckpt", lr_scheduler=lr_scheduler,
+        ...     output_names=["batch loss"], with_pbars=False)
+        >>> state = trainer.run(loader, max_epochs=1)
+        >>> sorted(state.metrics), optimizer.param_groups[0]["lr"]
+        (['batch loss'], 0.025)
+        >>> import os
+        >>> sorted(os.listdir("ckpt"))  # doctest: +ELLIPSIS
+        [...'training_checkpoint_4.pt'...]
     """
     if not isinstance(trainer, Engine):
         raise TypeError(f"trainer should be an Engine, got {type(trainer).__name__}")
@@ -326,9 +336,16 @@ def gen_save_best_models_by_val_score(
         ValueError: ``score_sign`` not 1.0 or -1.0.
 
     Example:
-        >>> best = gen_save_best_models_by_val_score(DiskSaver("/ckpt", require_empty=False),
-        ...                                          evaluator, model, "accuracy", trainer=trainer)  # doctest: +SKIP
-        >>> # /ckpt/best_model_5_val_accuracy=0.9120.pt after epoch 5
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> best = gen_save_best_models_by_val_score(DiskSaver("ckpt", require_empty=False),
+        ...                                          evaluator, model, "accuracy", trainer=trainer)
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> best.last_checkpoint.name  # doctest: +ELLIPSIS
+        'best_model_..._val_accuracy=0....pt'
     """
     if not isinstance(evaluator, Engine):
         raise TypeError(f"evaluator should be an Engine, got {type(evaluator).__name__}")
@@ -367,11 +384,15 @@ def save_best_model_by_val_score(
     score_sign: float = 1.0,
     **kwargs: Any,
 ) -> Checkpoint:
-    """:func:`gen_save_best_models_by_val_score` into the directory ``output_path``.
+    """Saves the best models by validation score into the directory ``output_path``.
+
+    :func:`gen_save_best_models_by_val_score` with a :class:`DiskSaver` there.
 
     Example:
-        >>> save_best_model_by_val_score("/ckpt", evaluator, model, "accuracy",
-        ...                              n_saved=2, trainer=trainer)  # doctest: +SKIP
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
+        >>> best = save_best_model_by_val_score("ckpt", evaluator, model, "accuracy",
+        ...                                     n_saved=2, trainer=trainer)
     """
     return gen_save_best_models_by_val_score(
         DiskSaver(output_path, require_empty=False),
@@ -412,7 +433,9 @@ def add_early_stopping_by_val_score(
         The attached ``EarlyStopping``.
 
     Example:
-        >>> es = add_early_stopping_by_val_score(5, evaluator, trainer, "nll", score_sign=-1.0)  # doctest: +SKIP
+        >>> from distengine.metrics import Loss
+        >>> Loss(torch.nn.functional.cross_entropy).attach(evaluator, "nll")
+        >>> es = add_early_stopping_by_val_score(5, evaluator, trainer, "nll", score_sign=-1.0)
     """
     if not isinstance(evaluator, Engine):
         raise TypeError(f"evaluator should be an Engine, got {type(evaluator).__name__}")

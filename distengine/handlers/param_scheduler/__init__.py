@@ -6,9 +6,12 @@ schedule at the exact event where it stopped.
 
 Example:
     >>> from distengine.handlers import PiecewiseLinear
-    >>> scheduler = PiecewiseLinear(optimizer, "lr", [(0, 0.0), (500, 0.1), (5000, 0.0)])
-    >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+    >>> scheduler = PiecewiseLinear(optimizer, "lr", [(0, 0.0), (2, 0.1), (4, 0.0)])
+    >>> scheduler.attach(trainer)  # sets the lr at every ITERATION_STARTED
     >>> to_save = {"trainer": trainer, "model": model, "optimizer": optimizer, "lr": scheduler}
+    >>> state = trainer.run(loader, max_epochs=1)
+    >>> scheduler.state_dict()["event_index"]  # saved with the rest: a resume continues here
+    4
 """
 
 from .base import BaseParamScheduler, ParamScheduler

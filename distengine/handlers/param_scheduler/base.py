@@ -79,15 +79,19 @@ class BaseParamScheduler(ABC):
         self._save_history = value
 
     def state_dict(self) -> dict[str, Any]:
-        """The attributes that decide the next values (``event_index`` first).
+        """Returns the attributes that decide the next values (``event_index`` first).
 
         Nested schedulers (and wrapped torch schedulers) contribute their own
         ``state_dict()``.
 
         Example:
+            >>> from distengine.handlers import LinearCyclicalScheduler
+            >>> scheduler = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=4)
+            >>> scheduler.attach(trainer)
+            >>> state = trainer.run(loader, max_epochs=1)
             >>> sd = scheduler.state_dict()
-            >>> sd["event_index"]  # events seen so far  # doctest: +SKIP
-            120
+            >>> sd["event_index"]  # events seen so far
+            4
         """
         out: dict[str, Any] = OrderedDict()
         for name in self._state_attrs:
@@ -125,12 +129,12 @@ class BaseParamScheduler(ABC):
 
     @abstractmethod
     def get_param(self) -> Any:
-        """The value at the current ``event_index`` (a number, or one per parameter group)."""
+        """Returns the value at the current ``event_index`` (a number, or one per parameter group)."""
 
     @classmethod
     @abstractmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[event_index, value], ...]`` for ``num_events`` events, without touching real state."""
+        """Returns ``[[event_index, value], ...]`` for ``num_events`` events, without touching real state."""
 
     @classmethod
     def plot_values(cls, num_events: int, **scheduler_kwargs: Any) -> Any:
@@ -143,7 +147,8 @@ class BaseParamScheduler(ABC):
             ModuleNotFoundError: matplotlib is not installed.
 
         Example:
-            >>> LinearCyclicalScheduler.plot_values(  # doctest: +SKIP
+            >>> from distengine.handlers import LinearCyclicalScheduler
+            >>> LinearCyclicalScheduler.plot_values(  # needs matplotlib, not a dependency  # doctest: +SKIP
             ...     num_events=50, param_name="lr", start_value=1e-1, end_value=1e-3, cycle_size=10
             ... )
         """
@@ -182,7 +187,12 @@ class ParamScheduler(BaseParamScheduler):
         >>> class Halving(ParamScheduler):
         ...     def get_param(self):
         ...         return 0.1 * 0.5**self.event_index
-        >>> Halving(optimizer, "lr").attach(trainer)  # doctest: +SKIP
+        ...     @classmethod
+        ...     def simulate_values(cls, num_events, **kwargs):
+        ...         return [[i, 0.1 * 0.5**i] for i in range(num_events)]
+        >>> Halving(optimizer, "lr", save_history=True).attach(trainer)
+        >>> trainer.run(loader, max_epochs=1).param_history["lr"]
+        [[0.1], [0.05], [0.025], [0.0125]]
     """
 
     def __init__(
@@ -202,7 +212,9 @@ class ParamScheduler(BaseParamScheduler):
         """Calls the scheduler on ``event`` of ``engine`` (default ``ITERATION_STARTED``).
 
         Example:
-            >>> scheduler.attach(trainer, Events.EPOCH_STARTED)  # doctest: +SKIP
+            >>> from distengine.handlers import LinearCyclicalScheduler
+            >>> scheduler = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=4)
+            >>> scheduler.attach(trainer, Events.EPOCH_STARTED)  # one value per epoch
         """
         engine.add_event_handler(event, self)
 
@@ -236,7 +248,7 @@ class ParamScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, value_i], ...]`` from a scheduler of this class on a stand-in optimizer.
+        """Returns ``[[i, value_i], ...]`` from a scheduler of this class on a stand-in optimizer.
 
         Args:
             num_events: number of events to simulate.
@@ -244,6 +256,7 @@ class ParamScheduler(BaseParamScheduler):
                 ``save_history`` are ignored).
 
         Example:
+            >>> from distengine.handlers import LinearCyclicalScheduler
             >>> LinearCyclicalScheduler.simulate_values(
             ...     4, param_name="lr", start_value=1.0, end_value=0.0, cycle_size=4
             ... )

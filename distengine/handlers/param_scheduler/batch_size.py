@@ -33,8 +33,14 @@ class BatchSizeScheduler(BaseParamScheduler):
         ValueError: the loader has no ``BatchSampler``, or it comes from ``auto_dataloader``.
 
     Example:
-        >>> scheduler = BatchSizeScheduler(loader, scheduler_fn=lambda e: 32 * (e + 1))
-        >>> scheduler.attach(trainer)  # doctest: +SKIP
+        >>> scheduler = BatchSizeScheduler(loader, scheduler_fn=lambda e: 4 * (e + 1))
+        >>> scheduler.attach(trainer)
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def show(engine):
+        ...     print(engine.state.epoch, engine.state.batch[0].shape[0])
+        >>> state = trainer.run(loader, max_epochs=2)
+        1 4
+        2 8
     """
 
     def __init__(
@@ -78,7 +84,7 @@ class BatchSizeScheduler(BaseParamScheduler):
         self.event_index += 1
 
     def get_param(self) -> int:
-        """``scheduler_fn(event_index)``."""
+        """Returns ``scheduler_fn(event_index)``."""
         return self.scheduler_fn(self.event_index)
 
     def attach(self, engine: Engine, event: Any = Events.EPOCH_STARTED) -> None:
@@ -87,7 +93,7 @@ class BatchSizeScheduler(BaseParamScheduler):
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[Any]]:
-        """``[[i, scheduler_fn(i)], ...]``.
+        """Returns ``[[i, scheduler_fn(i)], ...]``.
 
         Raises:
             ValueError: no ``scheduler_fn`` given.

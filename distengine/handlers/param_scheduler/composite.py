@@ -63,10 +63,17 @@ class ParamGroupScheduler:
             lengths differ.
 
     Example:
+        >>> from distengine.handlers import CosineAnnealingScheduler
+        >>> optimizer = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
         >>> backbone = CosineAnnealingScheduler(optimizer, "lr", 1e-3, 1e-5, 100, param_group_index=0)
         >>> head = CosineAnnealingScheduler(optimizer, "lr", 1e-2, 1e-4, 100, param_group_index=1)
         >>> scheduler = ParamGroupScheduler([backbone, head], names=["lr (base)", "lr (head)"])
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler.attach(trainer)
+        >>> [group["lr"] for group in optimizer.param_groups]  # set at the first iteration
+        [0.1, 0.1]
+        >>> scheduler(None)
+        >>> [group["lr"] for group in optimizer.param_groups]
+        [0.001, 0.01]
     """
 
     def __init__(
@@ -124,11 +131,11 @@ class ParamGroupScheduler:
             s.save_history = value
 
     def get_param(self) -> list[Any]:
-        """Each scheduler's current value."""
+        """Returns each scheduler's current value."""
         return [s.get_param() for s in self.schedulers]
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"schedulers": [(name, state_dict), ...]}``."""
+        """Returns ``{"schedulers": [(name, state_dict), ...]}``."""
         return OrderedDict(
             schedulers=[(n, s.state_dict()) for n, s in zip(self.names, self.schedulers)]
         )
@@ -154,7 +161,7 @@ class ParamGroupScheduler:
     def simulate_values(
         cls, num_events: int, schedulers: Sequence[ParamScheduler], **kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, value of scheduler 0, value of scheduler 1, ...], ...]``; the schedulers and
+        """Returns ``[[i, value of scheduler 0, value of scheduler 1, ...], ...]``; the schedulers and
         their optimizers are left as they were."""
         saved = [copy.deepcopy(s.state_dict()) for s in schedulers]
         optimizers = [s.optimizer for s in schedulers]
@@ -190,10 +197,14 @@ class ConcatScheduler(ParamScheduler):
             schedulers of different optimizers or parameters.
 
     Example:
+        >>> from distengine.handlers import CosineAnnealingScheduler, LinearCyclicalScheduler
         >>> warm = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=8)
         >>> decay = CosineAnnealingScheduler(optimizer, "lr", 1.0, 0.2, cycle_size=4)
-        >>> scheduler = ConcatScheduler([warm, decay], durations=[4])
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = ConcatScheduler([warm, decay], durations=[4], save_history=True)
+        >>> scheduler.attach(trainer)
+        >>> history = trainer.run(loader, max_epochs=2).param_history["lr"]
+        >>> [round(lr, 2) for [lr] in history]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 0.88, 0.6, 0.32]
     """
 
     def __init__(
@@ -263,7 +274,7 @@ class ConcatScheduler(ParamScheduler):
             s.save_history = value
 
     def get_param(self) -> Any:
-        """The current scheduler's value."""
+        """Returns the current scheduler's value."""
         return self._current_scheduler.get_param()
 
     def state_dict(self) -> dict[str, Any]:
@@ -294,7 +305,7 @@ class ConcatScheduler(ParamScheduler):
         durations: Sequence[int],
         param_names: Sequence[str] | None = None,
     ) -> list[list[Any]]:
-        """``[[i, value, ...], ...]`` (one value per group and name in ``param_names``).
+        """Returns ``[[i, value, ...], ...]`` (one value per group and name in ``param_names``).
 
         The schedulers and their optimizer are left as they were.
 

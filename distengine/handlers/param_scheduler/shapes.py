@@ -120,9 +120,11 @@ class LinearCyclicalScheduler(CyclicalScheduler):
         ValueError: ``warmup_duration`` > 0 without ``monotonic=True``.
 
     Example:
-        >>> scheduler = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=4)
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
-        >>> # lr per iteration: 0.0, 0.5, 1.0, 0.5, 0.0, 0.5, ...
+        >>> scheduler = LinearCyclicalScheduler(optimizer, "lr", 0.0, 1.0, cycle_size=4,
+        ...                                     save_history=True)
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
+        >>> trainer.run(loader, max_epochs=2).param_history["lr"]
+        [[0.0], [0.5], [1.0], [0.5], [0.0], [0.5], [1.0], [0.5]]
     """
 
     def __init__(self, *args: Any, monotonic: bool = False, **kwargs: Any) -> None:
@@ -149,8 +151,12 @@ class CosineAnnealingScheduler(CyclicalScheduler):
         **kwargs: see :class:`CyclicalScheduler`.
 
     Example:
-        >>> scheduler = CosineAnnealingScheduler(optimizer, "lr", 1e-1, 1e-3, cycle_size=len(loader))
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = CosineAnnealingScheduler(optimizer, "lr", 1.0, 0.0, cycle_size=len(loader),
+        ...                                      save_history=True)
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
+        >>> history = trainer.run(loader, max_epochs=2).param_history["lr"]
+        >>> [round(lr, 2) for [lr] in history]  # one cycle per epoch
+        [1.0, 0.85, 0.5, 0.15, 1.0, 0.85, 0.5, 0.15]
     """
 
     def get_param(self) -> float:
@@ -176,8 +182,11 @@ class PiecewiseLinear(ParamScheduler):
         ValueError: no milestones, an entry that is not a pair, or decreasing milestones.
 
     Example:
-        >>> scheduler = PiecewiseLinear(optimizer, "lr", [(0, 0.0), (500, 0.1), (5000, 0.0)])
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = PiecewiseLinear(optimizer, "lr", [(0, 0.0), (2, 1.0), (4, 0.0)],
+        ...                             save_history=True)
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
+        >>> trainer.run(loader, max_epochs=2).param_history["lr"]
+        [[0.0], [0.5], [1.0], [0.5], [0.0], [0.0], [0.0], [0.0]]
     """
 
     def __init__(

@@ -95,9 +95,11 @@ class LRScheduler(ParamScheduler):
 
     Example:
         >>> from torch.optim.lr_scheduler import StepLR
-        >>> scheduler = LRScheduler(StepLR(optimizer, step_size=3, gamma=0.1))
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler = LRScheduler(StepLR(optimizer, step_size=3, gamma=0.5), save_history=True)
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
         >>> to_save = {"trainer": trainer, "optimizer": optimizer, "lr_scheduler": scheduler}
+        >>> trainer.run(loader, max_epochs=2).param_history["lr"]
+        [[0.1], [0.1], [0.1], [0.05], [0.05], [0.05], [0.025], [0.025]]
     """
 
     def __init__(
@@ -124,7 +126,7 @@ class LRScheduler(ParamScheduler):
         self.lr_scheduler.last_epoch += 1
 
     def get_param(self) -> Any:
-        """The torch scheduler's next learning rate (one per group when there are several)."""
+        """Returns the torch scheduler's next learning rate (one per group when there are several)."""
         self.lr_scheduler._get_lr_called_within_step = True
         try:
             lrs = self.lr_scheduler.get_lr()
@@ -136,7 +138,7 @@ class LRScheduler(ParamScheduler):
     def simulate_values(  # type: ignore[override]
         cls, num_events: int, lr_scheduler: TorchLRScheduler, **kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, lr of group 0, ...], ...]``; ``lr_scheduler`` and its optimizer are left as they were.
+        """Returns ``[[i, lr of group 0, ...], ...]``; ``lr_scheduler`` and its optimizer are left as they were.
 
         Raises:
             TypeError: ``lr_scheduler`` is not a torch ``LRScheduler``.
@@ -202,10 +204,18 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
         ValueError: (when called) the engine has no metric ``metric_name``.
 
     Example:
+        >>> from distengine.metrics import Accuracy
+        >>> Accuracy().attach(evaluator, "accuracy")
         >>> scheduler = ReduceLROnPlateauScheduler(
         ...     optimizer, metric_name="accuracy", mode="max", factor=0.5, patience=1, trainer=trainer
         ... )
-        >>> evaluator.add_event_handler(Events.COMPLETED, scheduler)  # doctest: +SKIP
+        >>> scheduler.attach(evaluator, Events.COMPLETED)
+        >>> @trainer.on(Events.EPOCH_COMPLETED)
+        ... def validate():
+        ...     evaluator.run(loader)
+        >>> state = trainer.run(loader, max_epochs=3)
+        >>> optimizer.param_groups[0]["lr"]  # halved if accuracy stalled for 2 evaluations
+        0.1
     """
 
     def __init__(
@@ -253,7 +263,7 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
         super().__call__(self.trainer, name)
 
     def get_param(self) -> Any:
-        """The groups' current learning rate (this scheduler only lowers it when told to)."""
+        """Returns the groups' current learning rate (this scheduler only lowers it when told to)."""
         lrs = [g["lr"] for g in self.optimizer_param_groups]
         return lrs[0] if len(lrs) == 1 else lrs
 
@@ -261,7 +271,7 @@ class ReduceLROnPlateauScheduler(ParamScheduler):
     def simulate_values(  # type: ignore[override]
         cls, num_events: int, metric_values: list[float], init_lr: float, **scheduler_kwargs: Any
     ) -> list[list[Any]]:
-        """``[[i, lr], ...]`` for the given metric values, starting from ``init_lr``.
+        """Returns ``[[i, lr], ...]`` for the given metric values, starting from ``init_lr``.
 
         Raises:
             ValueError: ``len(metric_values) != num_events``.

@@ -23,7 +23,7 @@ def create_lr_scheduler_with_warmup(
     save_history: bool = False,
     output_simulated_values: list[Any] | None = None,
 ) -> ConcatScheduler:
-    """A linear warm-up of ``warmup_duration`` events, then ``lr_scheduler``.
+    """Creates a linear warm-up of ``warmup_duration`` events, followed by ``lr_scheduler``.
 
     The warm-up goes from ``warmup_start_value`` to ``warmup_end_value`` (default: each
     group's current learning rate). If ``lr_scheduler`` then starts from another value,
@@ -49,9 +49,12 @@ def create_lr_scheduler_with_warmup(
     Example:
         >>> from torch.optim.lr_scheduler import ExponentialLR
         >>> scheduler = create_lr_scheduler_with_warmup(
-        ...     ExponentialLR(optimizer, gamma=0.98), warmup_start_value=0.0, warmup_duration=3
+        ...     ExponentialLR(optimizer, gamma=0.5), warmup_start_value=0.0, warmup_duration=3,
+        ...     save_history=True,
         ... )
-        >>> trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)  # doctest: +SKIP
+        >>> scheduler.attach(trainer)  # at every ITERATION_STARTED
+        >>> trainer.run(loader, max_epochs=2).param_history["lr"]
+        [[0.0], [0.05], [0.1], [0.05], [0.025], [0.0125], [0.00625], [0.003125]]
     """
     if not isinstance(lr_scheduler, (ParamScheduler, TorchLRScheduler)):
         raise TypeError(
