@@ -230,6 +230,11 @@ class CollectiveSave:
         self.saved, self.stored = sorted(saved, key=lambda it: rank(it.priority)), {}
         self.retention_known = True
 
+    @property
+    def writing(self) -> bool:
+        """Whether a background write was started and not yet waited for."""
+        return self._writer is not None and self._writer.busy
+
     def url_of_last(self) -> Any:
         """The path/URL (or name) of the newest kept checkpoint, or None."""
         if not self.saved:

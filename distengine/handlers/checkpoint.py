@@ -200,6 +200,19 @@ class Checkpoint:
     ext = property(lambda self: self.config.ext)
 
     @property
+    def writing(self) -> bool:
+        """Whether a background save (``async_save=True``) is still to be waited for:
+        ``True`` from the save until :meth:`wait` (or the end of the run, which waits).
+        Always ``False`` without ``async_save``.
+
+        Example:
+            >>> handler = Checkpoint({"model": torch.nn.Linear(1, 1)}, "/tmp/c")  # doctest: +SKIP
+            >>> handler.writing  # doctest: +SKIP
+            False
+        """
+        return self._protocol.writing
+
+    @property
     def last_checkpoint(self) -> str | Path | None:
         """Path (``Path``, local directory), URL, or file name (other save handlers) of the
         newest kept checkpoint; ``None`` before the first save. With ``async_save`` it is

@@ -34,11 +34,8 @@ def _final(output: str) -> dict:
 def test_example_killed_and_resumed_matches_uninterrupted(launch, tmp_path):
     cpu = str(REPO / "launchers" / "cpu.sh")
     main = str(REPO / "examples" / "cifar10" / "main.py")
+    # the uninterrupted and the killed run are independent: side by side
     ref = launch(["bash", cpu, "2", main, *ARGS, "--output-dir", str(tmp_path / "ref")], name="ref")
-    assert ref.wait() == 0, ref.output()[-3000:]
-    reference = _final(ref.output())
-    assert reference["iteration"] == 16 and not reference["resumed"]
-
     job = launch(
         [
             "bash",
@@ -54,6 +51,9 @@ def test_example_killed_and_resumed_matches_uninterrupted(launch, tmp_path):
         name="killed",
         MAX_RESTARTS="1",
     )
+    assert ref.wait() == 0, ref.output()[-3000:]
+    reference = _final(ref.output())
+    assert reference["iteration"] == 16 and not reference["resumed"]
     assert job.wait() == 0, job.output()[-3000:]
     out = job.output()
     assert "resumed from" in out and "train_checkpoint_9.pt" in out  # restarted from iteration 9

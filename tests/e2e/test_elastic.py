@@ -65,13 +65,19 @@ def _wait_until(cond, what: str, jobs: list[Launch], timeout: float = LAUNCH_TIM
         time.sleep(0.05)
 
 
-def _reference(launch, out: Path, *job_args: str) -> Path:
-    """The same job, uninterrupted, in one process (no launcher)."""
+def _reference(launch, out: Path, *job_args: str) -> tuple[Path, Launch]:
+    """Starts the same job, uninterrupted, in one process (no launcher); the test waits for
+    it (``_finished``) after starting the elastic job, which spends seconds in rendezvous."""
     ref = out / "reference"
     ref.mkdir(parents=True)
     job = launch([sys.executable, str(JOB), "--out", str(ref), *job_args], name="reference")
+    return ref, job
+
+
+def _finished(ref: tuple[Path, Launch]) -> Path:
+    path, job = ref
     assert job.wait(RUN_TIMEOUT) == 0, job.output()[-3000:]
-    return ref
+    return path
 
 
 def _reads(out: Path, pid: int) -> list[int]:
@@ -148,8 +154,9 @@ def test_node_lost_mid_epoch_the_other_finishes_alone(launch, tmp_path):
     iteration 10 (mid-epoch; the newest checkpoint is iteration 9): node a finishes alone."""
     out = tmp_path / "run"
     out.mkdir()
-    ref = _reference(launch, tmp_path)
+    started = _reference(launch, tmp_path)
     a, b = _start_a_then_b(launch, out, 1, 1, "--kill-node", "b", "--kill-at", "10")
+    ref = _finished(started)
     assert a.wait(RUN_TIMEOUT) == 0, a.output()[-4000:]
     assert b.wait(RUN_TIMEOUT) != 0  # its agent was SIGKILLed
     assert (out / "killed_at").read_text() == "10"
@@ -175,8 +182,9 @@ def test_scale_up_with_unequal_shares_keeps_the_global_batch(launch, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     job_args = ("--samples", "80", "--batch-size", "10")
-    ref = _reference(launch, tmp_path, *job_args)
+    started = _reference(launch, tmp_path, *job_args)
     a, b = _start_a_then_b(launch, out, 2, 11, *job_args)
+    ref = _finished(started)
     assert a.wait(RUN_TIMEOUT) == 0, a.output()[-4000:]
     assert b.wait(RUN_TIMEOUT) == 0, b.output()[-4000:]
     batches, rounds = _trained_batches(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def _bitwise_equal(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Uninterrupted runs: with dropout (same world size) and without (world-size changes)."""
+    """Uninterrupted runs: with dropout (same world size) and without (world-size changes),
+    side by side."""
     from launching import _LAUNCHER_VARS  # noqa: F401  (same environment rules as `launch`)
 
     refs = {}
@@ -99,10 +101,10 @@ def reference(tmp_path_factory):
         for name, extra in (("dropout", ()), ("plain", ("--dropout", "0"))):
             out = base / name
             out.mkdir()
-            job = _start(base, name, _torchrun(2, 0, out, *extra))
-            jobs.append(job)
-            assert job.wait() == 0, job.output()[-3000:]
+            jobs.append(_start(base, name, _torchrun(2, 0, out, *extra)))
             refs[name] = out
+        for job in jobs:
+            assert job.wait() == 0, job.output()[-3000:]
     finally:
         for job in jobs:
             job.kill()
@@ -175,31 +177,46 @@ def test_negative_control_without_cursor_and_rng_restore_differs(launch, tmp_pat
     assert _reads(out, 0, 1) != _reads(ref, 0, 0)[9 * 6 :]
 
 
-@pytest.mark.parametrize("first,second", [(3, 2), (2, 3)], ids=["3-to-2", "2-to-3"])
-def test_changed_world_size_same_global_batches(launch, tmp_path, reference, first, second):
-    out = tmp_path / "run"
-    stop = 9  # a checkpoint iteration, one batch into the second pass
-    job = _run(launch, out, "--dropout", "0", "--stop-at", str(stop), nproc=first, name="first")
-    assert job.proc.returncode == 0, job.output()[-3000:]
-    job = _run(launch, out, "--dropout", "0", nproc=second, name="second")
-    assert job.proc.returncode == 0, job.output()[-3000:]
-    info = _info(out, 0, 0, world=second)
-    assert info["resumed_iteration"] == stop and info["pass_batches"] == 1
-    b1, b2 = GLOBAL_BATCH // first, GLOBAL_BATCH // second
-    ref = reference["plain"]
-    ref_batches = [
-        sum((_reads(ref, r, 0)[k * 6 : (k + 1) * 6] for r in range(2)), []) for k in range(TOTAL)
+def _global_batches(out: Path, world: int, start: int, count: int) -> list[list[int]]:
+    """Global batches ``start .. start+count-1`` of one launch's reads at ``world`` ranks."""
+    b = GLOBAL_BATCH // world
+    return [
+        sum((_reads(out, r, 0, world)[j * b : (j + 1) * b] for r in range(world)), [])
+        for j in range(start, start + count)
     ]
-    # the same global batches in the same order after the resume
-    for j in range(TOTAL - stop):
-        got = sum((_reads(out, r, 0, second)[j * b2 : (j + 1) * b2] for r in range(second)), [])
-        assert got == ref_batches[stop + j], f"global batch {stop + j}"
-    # every sample of the interrupted pass trained on exactly once
-    before = sum((_reads(out, r, 0, first)[8 * b1 : 9 * b1] for r in range(first)), [])
-    after = sum((_reads(out, r, 0, second)[: 7 * b2] for r in range(second)), [])
-    assert sorted(before + after) == list(range(96))
-    # weights equal to float tolerance (the reduction order changed), not bitwise
-    got, exp = _final(out)["model"], _final(ref)["model"]
+
+
+def test_changed_world_size_same_global_batches(launch, tmp_path, reference):
+    """One chain, 3 ranks -> 2 -> 3: each launch stops at a checkpoint mid-pass and the next
+    resumes it at the other world size. After each change: the same global batches in the
+    same order as the uninterrupted run, every sample of the interrupted pass once; at the
+    end, the uninterrupted run's weights (to float tolerance: the reduction order changed)."""
+    ref_batches = _global_batches(reference["plain"], 2, 0, TOTAL)
+    out = tmp_path / "run"
+    job = _run(launch, out, "--dropout", "0", "--stop-at", "9", nproc=3, name="ws3")
+    assert job.proc.returncode == 0, job.output()[-3000:]
+    job = _run(launch, out, "--dropout", "0", "--stop-at", "18", nproc=2, name="ws2")
+    assert job.proc.returncode == 0, job.output()[-3000:]
+    # the last launch reads into a directory of its own (the first one's logs are ws3 too)
+    last = tmp_path / "run_last"
+    last.mkdir()
+    shutil.copytree(out / "ckpt", last / "ckpt")
+    job = _run(launch, last, "--dropout", "0", nproc=3, name="ws3_again")
+    assert job.proc.returncode == 0, job.output()[-3000:]
+
+    # 3 -> 2 at iteration 9, one batch into the second pass (iterations 9..16)
+    info = _info(out, 0, 0, world=2)
+    assert info["resumed_iteration"] == 9 and info["pass_batches"] == 1
+    assert _global_batches(out, 2, 0, 9) == ref_batches[9:18]
+    before, after = _global_batches(out, 3, 8, 1), _global_batches(out, 2, 0, 7)
+    assert sorted(sum(before + after, [])) == list(range(96))
+    # 2 -> 3 at iteration 18, two batches into the third pass (iterations 17..24)
+    info = _info(last, 0, 0, world=3)
+    assert info["resumed_iteration"] == 18 and info["pass_batches"] == 2
+    assert _global_batches(last, 3, 0, TOTAL - 18) == ref_batches[18:]
+    before, after = _global_batches(out, 2, 7, 2), _global_batches(last, 3, 0, 6)
+    assert sorted(sum(before + after, [])) == list(range(96))
+    got, exp = _final(last)["model"], _final(reference["plain"])["model"]
     for k in exp:
         assert torch.allclose(got[k], exp[k], rtol=1e-4, atol=1e-5), k
 
@@ -230,17 +247,14 @@ def test_exception_on_one_rank_restarts_from_last_complete_checkpoint(launch, tm
     assert _bitwise_equal(_final(out), _final(reference["dropout"]))
 
 
-def test_exception_under_torchrun_ends_the_job_with_the_traceback(launch, tmp_path):
-    out = tmp_path / "run"
-    job = _run(launch, out, "--raise-at", "5", "--fault-rank", "1", restarts=0)
-    assert job.proc.returncode != 0
-    assert "injected failure on rank 1 at iteration 5" in job.output()
-
-
 def test_exception_with_restarts_resumes(launch, tmp_path, reference):
+    """An exception on one rank ends the attempt with its traceback in the job's output;
+    torchrun restarts it and the job resumes exactly. (That a torchrun job whose rank raises
+    exits non-zero without restarts is tests/distributed/distributed/test_runtime_failures.py.)"""
     out = tmp_path / "run"
     job = _run(launch, out, "--raise-at", "14", "--fault-rank", "1", restarts=1)
     assert job.proc.returncode == 0, job.output()[-3000:]
+    assert "injected failure on rank 1 at iteration 14" in job.output()
     assert _info(out, 1, attempt=1)["resumed_iteration"] == 12
     assert _bitwise_equal(_final(out), _final(reference["dropout"]))
 

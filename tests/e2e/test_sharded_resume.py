@@ -29,7 +29,10 @@ ITERS_PER_EPOCH, GLOBAL_BATCH, N = 8, 12, 96
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _run(launch, out: Path, *job_args: str, nproc: int = 2, restarts: int = 0, name: str) -> Launch:
+def _start(
+    launch, out: Path, *job_args: str, nproc: int = 2, restarts: int = 0, name: str
+) -> Launch:
+    """Starts the job (``nproc=0``: one process, no launcher); :func:`_done` waits for it."""
     out.mkdir(parents=True, exist_ok=True)
     if nproc == 0:  # one process, no launcher
         args = [sys.executable, str(JOB)]
@@ -43,9 +46,12 @@ def _run(launch, out: Path, *job_args: str, nproc: int = 2, restarts: int = 0, n
             f"--max-restarts={restarts}",
             str(JOB),
         ]
-    job = launch([*args, "--out", str(out), *job_args], name=name)
-    assert job.wait() == 0, job.output()[-3000:]
-    return job
+    return launch([*args, "--out", str(out), *job_args], name=name)
+
+
+def _done(*jobs: Launch) -> None:
+    for job in jobs:
+        assert job.wait() == 0, job.output()[-3000:]
 
 
 def _reads(out: Path, rank: int, world: int, attempt: int = 0) -> list[int]:
@@ -75,9 +81,12 @@ def _bitwise_equal(a: dict, b: dict) -> bool:
 
 def test_sigkill_mid_epoch_resumes_bitwise(launch, tmp_path):
     ref = tmp_path / "reference"
-    _run(launch, ref, name="reference")
     out = tmp_path / "killed"
-    _run(launch, out, "--kill-rank", "1", "--kill-at", "11", restarts=1, name="killed")
+    # the uninterrupted and the killed run are independent: side by side
+    _done(
+        _start(launch, ref, name="reference"),
+        _start(launch, out, "--kill-rank", "1", "--kill-at", "11", restarts=1, name="killed"),
+    )
     assert (out / "fault_fired").read_text() == "11"
     import json
 
@@ -99,25 +108,33 @@ def test_sigkill_mid_epoch_resumes_bitwise(launch, tmp_path):
 def test_saved_at_2_resumes_at_1_and_3(launch, tmp_path):
     stop = 9  # a checkpoint iteration, one batch into the second pass
     first = tmp_path / "first"
-    _run(
-        launch,
-        first,
-        "--dropout",
-        "0",
-        "--stop-at",
-        str(stop),
-        "--dump-at",
-        str(stop),
-        name="first",
+    reference = tmp_path / "reference"
+    _done(
+        _start(
+            launch,
+            first,
+            "--dropout",
+            "0",
+            "--stop-at",
+            str(stop),
+            "--dump-at",
+            str(stop),
+            name="first",
+        ),
+        # uninterrupted, alone; independent of the first run: side by side
+        _start(launch, reference, "--dropout", "0", nproc=0, name="reference"),
     )
     saved = _load(first / f"saved_{stop}.pt")
-    reference = tmp_path / "reference"
-    _run(launch, reference, "--dropout", "0", nproc=0, name="reference")  # uninterrupted, alone
     before = sum((_reads(first, r, 2)[8 * 6 : 9 * 6] for r in range(2)), [])
-    for world in (1, 3):
+    resumed = []
+    for world in (1, 3):  # each resumes from its own copy of the checkpoints: side by side
         out = tmp_path / f"ws{world}"
         shutil.copytree(first / "ckpt", out / "ckpt")
-        _run(launch, out, "--dropout", "0", nproc=0 if world == 1 else world, name=f"ws{world}")
+        nproc = 0 if world == 1 else world
+        resumed.append(_start(launch, out, "--dropout", "0", nproc=nproc, name=f"ws{world}"))
+    _done(*resumed)
+    for world in (1, 3):
+        out = tmp_path / f"ws{world}"
         # the state loaded at the new world size is the state saved at 2 ranks
         assert _bitwise_equal(_load(out / f"loaded_ws{world}.pt"), saved), world
         # every sample of the interrupted pass exactly once (non-padding; 12 divides by 1 and 3)

@@ -1,6 +1,6 @@
 """Hang reports: a rank that stops arriving ends the job with one report naming it.
 
-tests/distributed/scripts/hanging_rank.py makes rank R sleep in an ``ITERATION_COMPLETED``
+tests/distributed/distributed/scripts/hanging_rank.py makes rank R sleep in an ``ITERATION_COMPLETED``
 handler at iteration N while the other ranks wait for it in the engine's per-iteration
 agreement. With ``DISTENGINE_HANG_TIMEOUT=T`` the job must end (non-zero) within T plus a
 bound, with exactly one report that names the rank that did not arrive, its iteration and

@@ -121,13 +121,11 @@ def test_throughput_custom_batch_size_and_errors():
         ThroughputLogger(name="")
 
 
-def test_time_limit_terminates_after_the_budget(monkeypatch):
-    import distengine.handlers.time_limit as time_limit
+def test_time_limit_terminates_after_the_budget():
     from distengine.handlers import TimeLimit
 
     now = [100.0]
-    monkeypatch.setattr(time_limit, "_clock", lambda: now[0])
-    handler = TimeLimit(limit_sec=10)
+    handler = TimeLimit(limit_sec=10, clock=lambda: now[0])
 
     def step(engine, batch):
         now[0] += 3.0  # every iteration "takes" 3 s
@@ -140,3 +138,5 @@ def test_time_limit_terminates_after_the_budget(monkeypatch):
         TimeLimit(0)
     with pytest.raises(TypeError, match="should be an integer"):
         TimeLimit(1.5)
+    with pytest.raises(TypeError, match="clock should be a callable"):
+        TimeLimit(10, clock=5.0)

@@ -4,7 +4,7 @@ At world size 1 a model from ``auto_model(sharding="fsdp")`` stays whole but kee
 sharded layout, and ``Checkpoint(..., sharded=True)`` writes any model that way: the same
 code path as on many ranks (DCP plans, one file per rank, a manifest listing every file),
 so the rules that do not depend on the number of ranks are tested here, in-process and
-cheaply. Multi-rank behaviour (FSDP, resharding) is in tests/distributed/test_sharded_dist.py.
+cheaply. Multi-rank behaviour (FSDP, resharding) is in tests/distributed/checkpoint/test_sharded_dist.py.
 """
 
 from __future__ import annotations

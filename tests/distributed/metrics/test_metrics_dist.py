@@ -114,7 +114,7 @@ def _evaluate(local_rank: int, out_dir: str) -> None:
         loader = idist.auto_dataloader(_dataset(), batch_size=GLOBAL_BATCH, shuffle=False)
         state = evaluator.run(loader, max_epochs=1)
         record["metrics"] = {k: v for k, v in state.metrics.items() if k not in ("stats",)}
-        record["local_num_examples"] = acc._num_examples
+        record["local_num_examples"] = acc.rank_state_dict()["_num_examples"]
         before = len(calls)
         record["direct_acc"] = acc.compute()
         record["direct_gathers"] = len(calls) - before

@@ -84,7 +84,7 @@ def _save_load_job(local_rank: int, d: str, out: str) -> None:
     engine.run([0, 1], max_epochs=1)
     record = {
         "phases": phases[:],
-        "saved": [list(i) for i in handler._saved],
+        "saved": [list(i) for i in handler.state_dict()["_saved"]],
         "last": str(handler.last_checkpoint),
     }
 
@@ -92,7 +92,7 @@ def _save_load_job(local_rank: int, d: str, out: str) -> None:
     _fail_on(rank, writer, "payload_partial:1:raise")
     engine.state.iteration = 3
     record["sync_error"] = _expect_error(lambda: handler(engine), CheckpointSaveError)
-    record["saved_after_error"] = [list(i) for i in handler._saved]
+    record["saved_after_error"] = [list(i) for i in handler.state_dict()["_saved"]]
     record["latest"] = Checkpoint.latest(d)
 
     # A failing background write is reported by the next call, on every rank.

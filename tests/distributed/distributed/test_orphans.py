@@ -2,7 +2,7 @@
 
 torchrun starts each worker in a session of its own, so a SIGKILLed agent leaves them
 running (measured: one trained to the end); ``idist.spawn``'s children likewise outlive a
-killed parent. tests/distributed/scripts/orphan_probe.py trains forever on 2 ranks, each
+killed parent. tests/distributed/distributed/scripts/orphan_probe.py trains forever on 2 ranks, each
 with a DataLoader worker, and writes every pid; the test SIGKILLs the launcher and checks
 that all of them end within the bound (the watchdog polls the launcher every 0.2 s).
 """

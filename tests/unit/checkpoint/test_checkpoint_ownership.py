@@ -258,13 +258,14 @@ def test_a_nan_score_ranks_below_every_number_and_never_blocks_later_saves(tmp_p
     d = str(tmp_path)
     trainer, handler = _scored(d, SCORES[:2])
     trainer.run([0, 1], max_epochs=1)  # 0.5 and NaN: room for both
-    assert [p for p, _ in handler._saved][1] == 0.5 and math.isnan(handler._saved[0].priority)
+    saved = handler.state_dict()["_saved"]
+    assert saved[1][0] == 0.5 and math.isnan(saved[0][0])
     assert _pt(d) == ["checkpoint_acc=0.5000.pt", "checkpoint_acc=nan.pt"]
     # the run restarts (retention rebuilt from the manifests, NaN included) and goes on
     trainer2, handler2 = _scored(d, SCORES[2:])
     Checkpoint.load_objects({"trainer": trainer2}, Checkpoint.latest(d), strict=False)
     trainer2.run([0, 1], max_epochs=3)
-    assert [p for p, _ in handler2._saved] == [0.8, 0.9]
+    assert [p for p, _ in handler2.state_dict()["_saved"]] == [0.8, 0.9]
     assert _pt(d) == ["checkpoint_acc=0.8000.pt", "checkpoint_acc=0.9000.pt"]
 
 

@@ -26,7 +26,7 @@ from distengine.distributed.env import (
     preempt_exit_from_env,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LAUNCHERS = REPO / "launchers"
 
 

@@ -7,7 +7,7 @@ import PIL  # noqa: F401  (a test dependency: the Pillow backend is tested, neve
 import pytest
 from PIL import Image  # noqa: E402
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "plot_csv.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "plot_csv.py")
 
 
 def _load():

@@ -446,7 +446,7 @@ def test_checkpoint_saves_a_metric_through_its_rank_state(tmp_path):
     Checkpoint({"acc": acc}, str(tmp_path))(engine)
     restored = Accuracy()
     Checkpoint.load_objects({"acc": restored}, str(tmp_path / "acc_1.pt"))
-    assert restored._num_examples == 12 and restored.compute() == acc.compute()
+    assert restored.rank_state_dict()["_num_examples"] == 12 and restored.compute() == acc.compute()
 
 
 def test_sync_all_reduce_on_another_method_and_its_checks():

@@ -1,5 +1,6 @@
 """A saved engine state is a position: load it, run, and the run continues at the next batch,
-whatever stopped it (one process; the two-rank version is in tests/distributed)."""
+whatever stopped it (one process; the two-rank version is
+tests/distributed/engine/test_engine_position_dist.py)."""
 
 import copy
 

@@ -149,7 +149,7 @@ def test_precision_binary_average_false_is_a_number_in_state_metrics():
 def test_zero_row_update_shapes_the_state_but_counts_nothing():
     p = Precision(average=False)
     p.update((torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)))
-    assert p._state_shaped() and p._numerator.shape == (3,)
+    assert p.rank_state_dict()["_numerator"].shape == (3,)  # shaped by the 3 columns
     with pytest.raises(NotComputableError, match="at least one example"):
         p.compute()
     p.update((torch.tensor([[0.1, 0.9, 0.0]]), torch.tensor([1])))

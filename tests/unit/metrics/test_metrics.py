@@ -264,7 +264,7 @@ def test_rank_state_round_trip_continues_counting():
     for b in batches[2:]:
         second.update(b)
     assert second.compute() == whole.compute()
-    assert second._num_examples == 24
+    assert second.rank_state_dict()["_num_examples"] == 24
 
 
 def test_running_average_rank_state_includes_src():

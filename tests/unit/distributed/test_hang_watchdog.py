@@ -3,7 +3,7 @@
 Two watchdogs share a HashStore as two ranks would share the job's store; each watches its
 own in-flight marker (what the agreement sets around its collective). Exits are recorded
 instead of ending the test process. The multi-process behaviour (real ranks, torchrun) is in
-tests/distributed/test_hang_report.py and test_orphans.py.
+tests/distributed/distributed/ (test_hang_report.py, test_orphans.py).
 """
 
 from __future__ import annotations

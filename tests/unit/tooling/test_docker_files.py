@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from torch.distributed.run import parse_args as parse_torchrun_args
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOCKER = REPO / "docker"
 IMAGES = ("gpu", "cpu")
 # Not "gpu": tests/conftest.py skips tests whose keywords include "gpu" when CUDA is missing.

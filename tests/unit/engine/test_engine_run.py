@@ -140,17 +140,31 @@ def test_run_without_seed_follows_torch_global_seeding_across_launches():
     import subprocess
     import sys
 
-    def launch(mode):
-        out = subprocess.run(
-            [sys.executable, "-c", _LAUNCH, mode], capture_output=True, text=True, timeout=120
+    # the four launches are independent: side by side, each bounded, all ended on the way out
+    modes = ["seeded", "seeded", "unseeded", "unseeded"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    seeded = [launch("seeded") for _ in range(2)]
+        for mode in modes
+    ]
+    try:
+        outs = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr
+            outs.append(stdout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    seeded, unseeded = outs[:2], outs[2:]
     assert seeded[0] == seeded[1]  # torch.manual_seed(0) fixes the data order
     assert seeded[0].split()[0] == "0"  # the run's seed is torch's initial seed
-    unseeded = [launch("unseeded") for _ in range(2)]
     assert unseeded[0] != unseeded[1]  # no global seeding: a fresh order per launch
 
 

@@ -58,11 +58,14 @@ def test_async_save_captures_state_at_the_call(tmp_path):
 
     faults.set_fault_hook(hold)
     try:
+        assert not handler.writing
         handler(engine)
+        assert handler.writing  # held at the gate: the save returned, the write goes on
         with torch.no_grad():
             model.weight.add_(5.0)  # a training step after the call
         gate.set()
         handler.wait()
+        assert not handler.writing
     finally:
         faults.set_fault_hook(None)
     saved = torch.load(handler.last_checkpoint, weights_only=True)
@@ -96,7 +99,7 @@ def test_background_failure_surfaces_on_next_call_and_keeps_earlier_checkpoints(
 def test_end_of_run_waits_and_reports_background_failure(tmp_path, monkeypatch):
     engine, _, handler, data = _trainer(str(tmp_path), 3, n_saved=2, async_save=True)
     engine.run(data, max_epochs=1)
-    assert not handler._protocol._writer.busy  # COMPLETED waited for the last write
+    assert not handler.writing  # COMPLETED waited for the last write
     assert Checkpoint.latest(str(tmp_path)).endswith("checkpoint_3.pt")
     monkeypatch.setenv(faults.FAULT_INJECT_ENV, "before_manifest:3:raise")
     engine2, _, _, data2 = _trainer(str(tmp_path / "b"), 3, n_saved=2, async_save=True)
@@ -113,7 +116,7 @@ def test_exception_in_training_still_raises_and_finishes_the_write(tmp_path):
 
     with pytest.raises(RuntimeError, match="training failed"):
         engine.run(data, max_epochs=1)
-    assert not handler._protocol._writer.busy
+    assert not handler.writing
     assert Checkpoint.latest(str(tmp_path)).endswith("checkpoint_2.pt")
 
 

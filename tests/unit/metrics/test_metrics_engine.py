@@ -100,7 +100,7 @@ def test_lists_of_tensors_are_unrolled_per_sample():
     acc = Accuracy()
     acc.attach(engine, "acc")
     engine.run([0, 1], max_epochs=1)
-    assert acc._num_examples == 4
+    assert acc.rank_state_dict()["_num_examples"] == 4
     assert engine.state.metrics["acc"] == 0.5
 
 
@@ -154,7 +154,7 @@ def test_padding_rows_are_dropped_and_padding_only_batches_skipped():
     engine.run(data, max_epochs=1)
     kept = [(b[0][: 5 - p], b[1][: 5 - p]) for b, p in zip(data, pads) if p < 5]
     n = sum(len(y) for _, y in kept)
-    assert acc._num_examples == n == 8
+    assert acc.rank_state_dict()["_num_examples"] == n == 8
     assert engine.state.metrics["acc"] == sum(_correct(b) for b in kept) / n
     ref_loss = sum(F.cross_entropy(p, y, reduction="sum").item() for p, y in kept) / n
     assert engine.state.metrics["loss"] == pytest.approx(ref_loss, rel=1e-6)

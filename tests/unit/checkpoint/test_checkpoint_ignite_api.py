@@ -69,7 +69,9 @@ def test_a_base_save_handler_gets_ignites_calls_and_metadata(kwargs):
     assert ours.saves == theirs.saves and len(ours.saves) > 0
     assert all(set(meta) == {"basename", "score_name", "priority"} for _, meta, _ in ours.saves)
     assert ours.removes == theirs.removes
-    assert [tuple(i) for i in a._saved] == [tuple(i) for i in b._saved]
+    assert [tuple(i) for i in a.state_dict()["_saved"]] == [
+        tuple(i) for i in b.state_dict()["_saved"]
+    ]
     assert a.last_checkpoint == b.last_checkpoint
 
 
@@ -146,7 +148,7 @@ def test_lists_and_dicts_of_objects_save_and_load_as_in_ignite(tmp_path):
     assert type(a["nets"]) is list and len(a["nets"]) == 2 and sorted(a["opts"]) == ["d", "g"]
     assert [sorted(x) for x in a["nets"]] == [sorted(x) for x in b["nets"]]
     assert all(torch.equal(a["nets"][1][k], b["nets"][1][k]) for k in a["nets"][1])
-    assert ours._setup_checkpoint()["nets"][0].keys() == objs["nets"][0].state_dict().keys()
+    assert a["nets"][0].keys() == objs["nets"][0].state_dict().keys()
     fresh = _gan()
     Checkpoint.load_objects({**fresh, "trainer": Engine(lambda e, b: None)}, ours.last_checkpoint)
     assert torch.equal(fresh["nets"][0].weight, objs["nets"][0].weight)

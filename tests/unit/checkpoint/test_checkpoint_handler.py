@@ -89,7 +89,9 @@ def test_files_and_retention_match_ignite(tmp_path, case):
     assert os.path.basename(handler.last_checkpoint) == os.path.basename(
         str(ihandler.last_checkpoint)
     )
-    assert [list(i) for i in handler._saved] == [list(i) for i in ihandler._saved]
+    assert [list(i) for i in handler.state_dict()["_saved"]] == [
+        list(i) for i in ihandler.state_dict()["_saved"]
+    ]
     if CASES[case].get("include_self"):
         payload = torch.load(handler.last_checkpoint, weights_only=True)
         expected = torch.load(ihandler.last_checkpoint, weights_only=True)["checkpointer"]
@@ -137,7 +139,7 @@ def test_retention_is_rebuilt_from_manifests_after_restart(tmp_path):
     engine2.add_event_handler(Events.ITERATION_COMPLETED, second)
     engine2.run(list(range(3)), max_epochs=2)
     assert _pt_files(tmp_path) == ["checkpoint_5.pt", "checkpoint_6.pt"]
-    assert [f for _, f in second._saved] == ["checkpoint_5.pt", "checkpoint_6.pt"]
+    assert [f for _, f in second.state_dict()["_saved"]] == ["checkpoint_5.pt", "checkpoint_6.pt"]
 
 
 def test_score_retention_rebuilt_keeps_the_best_across_restart(tmp_path):
