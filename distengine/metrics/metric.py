@@ -82,7 +82,7 @@ def _reducing(compute: Callable[[Metric], Any]) -> Callable[[Metric], Any]:
 #   _load_rank_state(), _take_restored()   restoring (_state.py, metrics_lambda.py, attachment.py)
 #   _metrics_result_mode, _optional_output_keys   writing results (_output.py, attachment.py)
 # They read, or change the metric through its own methods: no other module writes a
-# metric's fields. tests/unit/test_layers.py keeps distengine's other packages from them.
+# metric's fields. tests/unit/tooling/test_layers.py keeps distengine's other packages from them.
 class Metric(LambdaOperators, metaclass=ABCMeta):
     """Base class of all metrics: ``reset``, ``update``, ``compute``, and engine attachment.
 

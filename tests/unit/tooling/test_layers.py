@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # (module file relative to the repository, imported module) -> why it is imported in a function
 ALLOWED: dict[tuple[str, str], str] = {
