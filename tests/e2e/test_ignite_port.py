@@ -5,8 +5,9 @@ The script seeds the way Ignite scripts do (``manual_seed(seed + rank)``) and ca
 ``trainer.run`` without ``seed=``: the run's seed then follows torch's seeding, so two
 launches read the same samples in the same order on every rank (with random
 augmentation, dropout and DataLoader workers) and end with bitwise-identical weights.
-The negative control drops the ``manual_seed`` call: two launches then read in different
-orders. The two launches of each pair run side by side to keep the test short.
+The negative control drops the ``manual_seed`` call: that launch then reads in another
+order (that two unseeded launches differ from each other is
+tests/unit/engine/test_engine_run.py). The three launches run side by side.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ def _start(launch, out: Path, *args: str) -> Launch:
     return launch(cmd, name=out.name)
 
 
-def _launch_pair(launch, tmp_path: Path, tag: str, *args: str) -> list[Path]:
-    outs = [tmp_path / f"{tag}{i}" for i in range(2)]
-    jobs = [_start(launch, out, *args) for out in outs]
+def _launch_all(launch, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two launches with ``manual_seed`` and one without, side by side."""
+    runs = [
+        (tmp_path / "seeded0", ()),
+        (tmp_path / "seeded1", ()),
+        (tmp_path / "unseeded", ("--no-manual-seed",)),
+    ]
+    jobs = [_start(launch, out, *args) for out, args in runs]
     for job in jobs:
         assert job.wait() == 0, job.output()[-4000:]
-    return outs
+    return tuple(out for out, _ in runs)
 
 
 def _reads(out: Path) -> list[list[int]]:
@@ -56,7 +62,7 @@ def _reads(out: Path) -> list[list[int]]:
 
 
 def test_a_ported_ignite_script_runs_twice_with_identical_results(launch, tmp_path):
-    first, second = _launch_pair(launch, tmp_path, "seeded")
+    first, second, unseeded = _launch_all(launch, tmp_path)
 
     reads = _reads(first)
     assert set(reads[0] + reads[1]) == set(range(SAMPLES))  # every sample was read
@@ -69,12 +75,8 @@ def test_a_ported_ignite_script_runs_twice_with_identical_results(launch, tmp_pa
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics == json.loads((second / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.7  # it did train
-
-
-def test_without_manual_seed_two_launches_read_in_different_orders(launch, tmp_path):
-    first, second = _launch_pair(launch, tmp_path, "unseeded", "--no-manual-seed")
-    reads_first, reads_second = _reads(first), _reads(second)
-    for reads in (reads_first, reads_second):
-        assert set(reads[0] + reads[1]) == set(range(SAMPLES))
+    # negative control: without manual_seed the same script reads in another order
+    reads_unseeded = _reads(unseeded)
+    assert set(reads_unseeded[0] + reads_unseeded[1]) == set(range(SAMPLES))
     for rank in range(2):
-        assert reads_first[rank] != reads_second[rank]
+        assert reads_unseeded[rank] != reads[rank]
