@@ -51,8 +51,14 @@ def _spawned(
     port: int,
     backend: str | None,
     init_kwargs: dict[str, Any],
+    environ: dict[str, str],
 ) -> None:
     """Body of each spawned process: environment, initialize, ``fn``, result, finalize."""
+    # The caller's environment at the time of the call, whatever the start method: a
+    # "spawn" child inherits it anyway, but a "forkserver" child would otherwise keep the
+    # environment the server started with.
+    os.environ.clear()
+    os.environ.update(environ)
     for name in _LAUNCHER_VARS:
         os.environ.pop(name, None)
     os.environ.update(
@@ -140,7 +146,10 @@ def spawn(
         nprocs: number of processes.
         backend: process-group backend; ``None``: ``nccl`` with CUDA, else ``gloo``.
         args: further positional arguments of ``fn`` (picklable).
-        start_method: ``"spawn"`` (default, safe with threads and CUDA), ``"forkserver"`` or ``"fork"``.
+        start_method: ``"spawn"`` (default, safe with threads and CUDA), ``"forkserver"`` or
+            ``"fork"``. With any of them, every process sees the caller's environment as it
+            is at the time of the call (a fork server's children would otherwise keep the
+            environment the server started with).
         **init_kwargs: ``timeout`` and ``failure_timeout``, passed to :func:`initialize`.
 
     Returns:
@@ -188,7 +197,7 @@ def spawn(
     keys = _job_keys(server)
     ctx = mp.start_processes(
         _spawned,
-        args=(fn, tuple(args), nprocs, server.port, backend, dict(init_kwargs)),
+        args=(fn, tuple(args), nprocs, server.port, backend, dict(init_kwargs), dict(os.environ)),
         nprocs=nprocs,
         join=False,
         start_method=start_method,

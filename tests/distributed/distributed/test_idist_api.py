@@ -280,3 +280,20 @@ def test_spawn_takes_ignite_argument_order():
         idist.spawn("gloo", _ignite_style, args=(1, 2), nproc_per_node=1, nnodes=2, node_rank=1)
     with pytest.raises(ValueError, match="supported under a launcher only"):
         idist.spawn("gloo", _ignite_style, args=(1, 2), init_method="file:///tmp/x")
+
+
+def _env_probe(local_rank: int, name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_spawned_ranks_see_the_callers_environment_at_the_call(monkeypatch, start_method):
+    # a fork server started before the variable was set (the tests' fork server is)
+    idist.spawn(_env_probe, 1, backend="gloo", args=("X",), start_method=start_method)
+    monkeypatch.setenv("DISTENGINE_TEST_PROBE", "set after the server started")
+    got = idist.spawn(
+        _env_probe, 2, backend="gloo", args=("DISTENGINE_TEST_PROBE",), start_method=start_method
+    )
+    assert got == ["set after the server started"] * 2
