@@ -64,7 +64,7 @@ class Checkpoint:
     - **sharded state** is saved without gathering it: a model sharded with FSDP2 (e.g.
       ``idist.auto_model(model, sharding="fsdp")``), its optimizer, and any object whose
       state holds DTensors are written by every rank, each into a file of its own, through
-      ``torch.distributed.checkpoint``; the manifest, committed last, lists every file with
+      PyTorch's distributed checkpoint (DCP); the manifest, committed last, lists every file with
       its SHA-256, and the same rules hold (``latest``, retention, crash safety). Such a
       checkpoint loads at any world size (``load_objects`` on every rank).
 
