@@ -47,17 +47,19 @@ __all__ = [
 RESERVED_KEY = "__distengine__"
 SHARDED_MARKER = "__distengine_sharded__"
 _PREFIXES = ("module.", "_orig_mod.")
-_SCALARS = (
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    type(None),
-    torch.dtype,
-    torch.device,
-    torch.Size,
+_SCALARS = frozenset(
+    {
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        type(None),
+        torch.dtype,
+        torch.device,
+        torch.Size,
+    }
 )
 
 
@@ -350,22 +352,37 @@ def check_weights_only(tree: Any, path: str = "checkpoint") -> None:
         ...
         TypeError: checkpoint['x'] is a numpy.ndarray, which torch.load(weights_only=True) cannot load; store tensors, lists, numbers or strings instead
     """
+    _check_tree(tree, path, ())
+
+
+def _check_tree(tree: Any, path: str, keys: tuple) -> None:
+    """:func:`check_weights_only` below ``keys``; the path is spelled out only for an error
+    (every save checks its state: formatting each element's path would cost more than the
+    check)."""
     t = type(tree)
-    if isinstance(tree, torch.Tensor) or t in _SCALARS:
+    if t in _SCALARS or isinstance(tree, torch.Tensor):
         return
     if t in (dict, collections.OrderedDict):
         for k, v in tree.items():
             if type(k) not in _SCALARS:
                 raise TypeError(
-                    f"{path} has a key of type {type(k).__name__}; keys must be strings or numbers"
+                    f"{_spelled(path, keys)} has a key of type {type(k).__name__}; keys must "
+                    "be strings or numbers"
                 )
-            check_weights_only(v, f"{path}[{k!r}]")
+            if type(v) not in _SCALARS and not isinstance(v, torch.Tensor):
+                _check_tree(v, path, (*keys, repr(k)))
         return
     if t in (list, tuple, set):
         for i, v in enumerate(tree):
-            check_weights_only(v, f"{path}[{i}]")
+            if type(v) not in _SCALARS and not isinstance(v, torch.Tensor):
+                _check_tree(v, path, (*keys, str(i)))
         return
     raise TypeError(
-        f"{path} is a {t.__module__}.{t.__qualname__}, which torch.load(weights_only=True) cannot load; "
+        f"{_spelled(path, keys)} is a {t.__module__}.{t.__qualname__}, which "
+        "torch.load(weights_only=True) cannot load; "
         "store tensors, lists, numbers or strings instead"
     )
+
+
+def _spelled(path: str, keys: tuple) -> str:
+    return path + "".join(f"[{k}]" for k in keys)

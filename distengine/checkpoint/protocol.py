@@ -33,10 +33,10 @@ crash-safe names, retention from storage) or any Ignite save handler.
 6c. the writing rank writes the payload (the other objects, per-rank state, where each
     shard lies) and commits the manifest listing every file.
 
-With ``async_save`` every rank copies its shards to CPU, the ranks agree that all copies
-succeeded, and 6b-6c run on a background thread of each rank (DCP on a gloo group of its
-own): the manifest, and with it ``latest`` and retention, advance only once every file is
-durable.
+With ``async_save`` every rank also copies its shards to CPU in 6a (the writer its
+payload), so that 6a's gather agrees that every copy succeeded, and 6b-6c run on a
+background thread of each rank (DCP on a gloo group of its own): the manifest, and with it
+``latest`` and retention, advance only once every file is durable.
 """
 
 from __future__ import annotations
@@ -295,7 +295,12 @@ class CollectiveSave:
                     isinstance(e, CheckpointConflictError),
                     None,
                 )
-        message, conflict, payload_file = broadcast_from(outcome, src=cfg.save_on_rank)
+        if parts and self._writer is not None:
+            # async sharded: every rank knows the outcome (an error raised on all of them
+            # in _write_sharded; else the write is under way)
+            message, conflict, payload_file = outcome
+        else:
+            message, conflict, payload_file = broadcast_from(outcome, src=cfg.save_on_rank)
         if message is not None:
             raise _error_class(conflict)(message) from error
         if self._writer is not None:
@@ -413,18 +418,26 @@ class CollectiveSave:
                 "checkpoint directory: give Checkpoint a directory (a path, a URL or a "
                 f"DiskSaver), not {type(getattr(target, 'handler', target)).__name__}"
             )
-        # 6a: every rank's state, the writer's names and intent, agreed in one gather
+        # 6a: every rank's state (async: its copy, too), the writer's names and intent,
+        # agreed in one gather
+        asynchronous = self._writer is not None
+        group = dsh.io_group(background=True) if asynchronous else None  # every rank is here
         local_error, states = None, None
         try:
             states = {p.key: part_state(p) for p in parts}
             check_weights_only(states, "sharded state")
             rank_state = {k: to_save[k].rank_state_dict() for k in rank_keys}
+            if asynchronous:  # the previous background write was waited for: reuse its copy
+                states = self._staged_shards = dsh.stage(states, reuse=self._staged_shards)
         except Exception as e:
+            self._staged_shards = None
             local_error, rank_state = f"rank {me}: {type(e).__name__}: {e}", {}
         pending, payload, names, writer_error = None, None, None, None
         if is_writer and local_error is None:
             try:
                 payload = self._sharded_payload(plan, to_save, parts)
+                if asynchronous:  # its own memory: training goes on during the write
+                    payload = self._staging = snapshot(payload, reuse=self._staging)
                 retry, self._unremoved = tuple(self._unremoved), []
                 pending = target.begin(plan, world, retry)
                 names = shard_names(pending.payload_name, world)
@@ -459,11 +472,14 @@ class CollectiveSave:
             ) from writer_error
         names = w[3]
         if is_writer:  # the payload records every rank's per-rank state
-            payload = self._with_rank_states(payload, rank_keys, [g[0] for g in gathered])
+            per_rank = [g[0] for g in gathered]  # async: copied (its own may be live objects)
+            payload = self._with_rank_states(
+                payload, rank_keys, snapshot(per_rank) if asynchronous else per_rank
+            )
         shards = dict(zip(names, range(world)))
         my_file = names[me]
         assert shards[my_file] == me
-        if self._writer is None:
+        if not asynchronous:
             try:
                 metadata = dsh.save_state(states, my_file, target.write_file, dsh.io_group())
             except Exception as e:  # raised alike on every rank
@@ -486,28 +502,12 @@ class CollectiveSave:
                 ), e
             self._report(result)
             return (None, False, result.payload), None
-        # async: copy, agree that every copy succeeded, then write in the background
-        group = dsh.io_group(background=True)  # made here, while every rank is in the call
-        copy_error = None
-        try:
-            staged = self._staged_shards = dsh.stage(states, reuse=self._staged_shards)
-            if is_writer:
-                payload = self._staging = snapshot(payload, reuse=self._staging)
-        except Exception as e:
-            self._staged_shards = None
-            copy_error = f"rank {me}: {type(e).__name__}: {e}"
-        copy_errors = [e for e in gather_to_all(copy_error) if e is not None]
-        if copy_errors:
-            if pending is not None:
-                target.abandon(pending, RuntimeError(copy_errors[0]))
-            raise CheckpointSaveError(
-                f"save of {plan.filename!r} failed: could not copy the state: "
-                + "; ".join(copy_errors)
-            )
 
+        # async: every rank's copy was taken before 6a's gather, which agreed on it; write
+        # in the background
         def job() -> None:
             try:
-                metadata = dsh.save_state(staged, my_file, target.write_file, group)
+                metadata = dsh.save_state(states, my_file, target.write_file, group)
             except BaseException as e:
                 if pending is not None:
                     target.abandon(pending, e)

@@ -23,16 +23,15 @@ lies where, in plain data). ``docs/checkpoints.md`` has the protocol.
 
 **Loading** (:func:`load_deferred`) builds each object's own state (DTensors for a sharded
 model, on this rank's shards), has DCP fill it from the files (only the chunks this rank
-needs, each chunk checked against its own SHA-256, which the payload records and the
-manifest vouches for), and loads it into the object:
+needs, each chunk checked against its own digest — XXH3-128, see
+``distengine/distributed/dcp_storage.py`` — which the payload records and the manifest
+vouches for), and loads it into the object:
 a checkpoint saved at world size N loads at world size M, into sharded or whole models.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,10 +284,10 @@ def load_deferred(
 
 def _reader(
     storage: Storage, manifest: Manifest | None, written: dict[str, FileEntry]
-) -> Callable[[str, list[tuple[int, int, str, Any]], Callable[[int, memoryview], None]], None]:
+) -> Callable[[str, list[tuple[int, int, Any, Any]], Callable[[int, memoryview], None]], None]:
     """``read_file(name, spans, on_span)`` for the DCP reader: ranged reads of a file of the
-    checkpoint, each span checked against its SHA-256 (recorded in the payload, which the
-    manifest vouches for) before it is handed over."""
+    checkpoint, each span checked against its digest (an ``ItemDigest`` recorded in the
+    payload, which the manifest vouches for) before it is handed over."""
     if manifest is not None:
         for name, entry in written.items():
             if manifest.files.get(name) != entry:
@@ -304,7 +303,7 @@ def _reader(
 
     def read_file(
         name: str,
-        spans: list[tuple[int, int, str, Any]],
+        spans: list[tuple[int, int, Any, Any]],
         on_span: Callable[[int, memoryview], None],
     ) -> None:
         if name not in written:
@@ -312,42 +311,20 @@ def _reader(
                 f"{storage.url_of(name)}: not a file of this checkpoint (metadata damaged)"
             )
 
-        def verify(i: int, got: str) -> None:
-            start, length, sha256, _ = spans[i]
-            if got != sha256:
+        def check(i: int, view: memoryview) -> None:
+            start, length, expected, _ = spans[i]
+            got = expected.of(view)  # an ItemDigest (XXH3-128: ~10 GB/s, inline)
+            if got != expected.hexdigest:
                 raise CheckpointIntegrityError(
-                    f"{storage.url_of(name)}: SHA-256 mismatch in bytes {start}-{start + length} "
-                    f"(the payload says {sha256}, the content is {got})"
+                    f"{storage.url_of(name)}: {expected.algorithm} mismatch in bytes "
+                    f"{start}-{start + length} (the payload says {expected.hexdigest}, the "
+                    f"content is {got})"
                 )
+            on_span(i, view)
 
-        # A span read into its own buffer (a target tensor) is hashed on a helper thread
-        # while the next span is read; one in a reused buffer is hashed at once.
-        pending: list[tuple[int, memoryview, Future]] = []
-
-        def settle() -> None:
-            while pending:
-                i, view, digest = pending.pop()
-                verify(i, digest.result())
-                on_span(i, view)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distengine-sha256") as pool:
-
-            def check(i: int, view: memoryview) -> None:
-                settle()
-                if spans[i][3] is not None:
-                    pending.append((i, view, pool.submit(_sha256, view)))
-                else:
-                    verify(i, _sha256(view))
-                    on_span(i, view)
-
-            try:
-                storage.read_ranges(name, [(start, n, into) for start, n, _, into in spans], check)
-            except FileNotFoundError:
-                raise CheckpointIntegrityError(f"{storage.url_of(name)}: missing") from None
-            settle()
+        try:
+            storage.read_ranges(name, [(start, n, into) for start, n, _, into in spans], check)
+        except FileNotFoundError:
+            raise CheckpointIntegrityError(f"{storage.url_of(name)}: missing") from None
 
     return read_file
-
-
-def _sha256(data: memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()

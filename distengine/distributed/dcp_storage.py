@@ -14,11 +14,19 @@ reads which chunk of which tensor, resharding between world sizes) and hands the
 - DCP gathers every rank's write results to its coordinator, whose :meth:`finish` puts
   the item offsets *and every file's size and SHA-256* into the metadata that DCP then
   returns on every rank: nothing else needs gathering before the commit;
-- every item also gets a SHA-256 of its own: a rank that loads reads only the items its
-  shards need (ranged reads through a ``read_file(name, spans, on_span)`` callable), and
-  each item is checked against its digest before it is used. The whole files' digests,
-  in the manifest, stay what ``latest`` verifies; values that are not tensors load with
-  ``weights_only=True``.
+- every item also gets a digest of its own (XXH3-128, :data:`ITEM_DIGEST`): a rank that
+  loads reads only the items its shards need (ranged reads through a
+  ``read_file(name, spans, on_span)`` callable), and each item is checked against its
+  digest before it is used. The whole files' SHA-256, in the manifest, stay what
+  ``latest`` verifies; values that are not tensors load with ``weights_only=True``.
+
+Why two digests: a file's SHA-256 is computed while it is written (no second pass) and is
+what anyone can check with ``sha256sum``; a load reads chunks, not files, so each chunk
+needs a digest of its own, and hashing every byte again with SHA-256 (about 1 GB/s on one
+core) would cost as much as the read itself. XXH3-128 runs at about 10 GB/s and misses an
+accidental change with probability 2**-128; neither digest is a signature (whoever can
+rewrite the files can rewrite the manifest), so a cryptographic hash per chunk would buy
+nothing more. Checkpoints of format 1 (per-item SHA-256) still load.
 
 The metadata is turned into plain data (:func:`encode_metadata`; lists, dicts, numbers,
 strings) so that it can live in a payload that ``torch.load(weights_only=True)`` reads.
@@ -33,10 +41,10 @@ import hashlib
 import io
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import torch
+import xxhash
 from torch.distributed.checkpoint import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -57,6 +65,8 @@ from torch.futures import Future
 
 __all__ = [
     "FORMAT",
+    "ITEM_DIGEST",
+    "ItemDigest",
     "SafeLoadPlanner",
     "ShardReader",
     "ShardWriter",
@@ -64,27 +74,65 @@ __all__ = [
     "encode_metadata",
 ]
 
-FORMAT = 1  # version of the plain-data form of the metadata (encode_metadata)
+# version of the plain-data form of the metadata (encode_metadata); 1: items' digests are
+# SHA-256, 2: the metadata names the items' digest
+FORMAT = 2
+
+# hex digest of an item's bytes, by algorithm name (the metadata records which one was used)
+_DIGESTS: dict[str, Callable[[Any], str]] = {
+    "xxh3_128": xxhash.xxh3_128_hexdigest,
+    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+}
+_HEX_LENGTH = {"xxh3_128": 32, "sha256": 64}
+ITEM_DIGEST = "xxh3_128"  # what a save uses
 
 WriteFile = Callable[[str, Callable[[BinaryIO], None]], tuple[int, str]]
-# read_file(name, [(start, length, sha256, into), ...], on_span(index, data)): reads the
+# read_file(name, [(start, length, digest, into), ...], on_span(index, data)): reads the
 # spans in order (into the buffer ``into`` when given, else into one reused after the call),
-# checks each one's digest, hands it over
-ReadFile = Callable[[str, list[tuple[int, int, str, Any]], Callable[[int, memoryview], None]], None]
+# checks each one against its ItemDigest, hands it over
+ReadFile = Callable[[str, list[tuple[int, int, Any, Any]], Callable[[int, memoryview], None]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemDigest:
+    """The digest one stored item must have: its algorithm and value (lowercase hex).
+
+    Example:
+        >>> d = ItemDigest("sha256", hashlib.sha256(b"abc").hexdigest())
+        >>> d.matches(b"abc"), d.matches(b"abd")
+        (True, False)
+        >>> ItemDigest(ITEM_DIGEST, ItemDigest.compute(ITEM_DIGEST, b"abc")).matches(b"abc")
+        True
+    """
+
+    algorithm: str
+    hexdigest: str
+
+    @staticmethod
+    def compute(algorithm: str, data: Any) -> str:
+        """The hex digest of ``data`` (any buffer) with ``algorithm``."""
+        return _DIGESTS[algorithm](data)
+
+    def of(self, data: Any) -> str:
+        """The digest of ``data`` with this digest's algorithm."""
+        return _DIGESTS[self.algorithm](data)
+
+    def matches(self, data: Any) -> bool:
+        return self.of(data) == self.hexdigest
 
 
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
     """Where one item of the checkpoint lies: its file, offset and length, its dtype and
-    shape (tensors; ``None`` for other values) and SHA-256, plus the size and SHA-256 of
-    that whole file (known once the file is committed)."""
+    shape (tensors; ``None`` for other values) and digest (:data:`ITEM_DIGEST`), plus the
+    size and SHA-256 of that whole file (known once the file is committed)."""
 
     file: str
     offset: int
     length: int
     dtype: str | None
     shape: tuple[int, ...] | None
-    sha256: str
+    digest: str
     file_size: int
     file_sha256: str
 
@@ -152,23 +200,19 @@ class ShardWriter(StorageWriter):
 
         def produce(raw: BinaryIO) -> None:
             f = _Counting(raw)
-            # each item's own digest is computed on a helper thread while it is written
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distengine-sha256") as pool:
-                for item in items:
-                    start = f.written
-                    data = planner.resolve_data(item)
-                    if item.type == WriteItemType.BYTE_IO:
-                        view, dtype, shape = data.getbuffer(), None, None
-                    else:
-                        t = _cpu_tensor(data)
-                        view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-                        dtype, shape = _dtype_name(t.dtype), tuple(t.shape)
-                    digest = pool.submit(_sha256, view)
-                    if view.nbytes:
-                        f.write(view)
-                    placed.append(
-                        (item.index, start, f.written - start, dtype, shape, digest.result())
-                    )
+            for item in items:
+                start = f.written
+                data = planner.resolve_data(item)
+                if item.type == WriteItemType.BYTE_IO:
+                    view, dtype, shape = data.getbuffer(), None, None
+                else:
+                    t = _cpu_tensor(data)
+                    view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+                    dtype, shape = _dtype_name(t.dtype), tuple(t.shape)
+                digest = ItemDigest.compute(ITEM_DIGEST, view)  # ~10 GB/s: inline
+                if view.nbytes:
+                    f.write(view)
+                placed.append((item.index, start, f.written - start, dtype, shape, digest))
 
         results: list[WriteResult] = []
         if items:
@@ -195,10 +239,15 @@ class ShardWriter(StorageWriter):
             for r in per_rank:
                 c: _Chunk = r.storage_data
                 items.append(
-                    (_index_key(r.index), c.file, c.offset, c.length, c.dtype, c.shape, c.sha256)
+                    (_index_key(r.index), c.file, c.offset, c.length, c.dtype, c.shape, c.digest)
                 )
                 files[c.file] = (c.file_size, c.file_sha256)
-        metadata.storage_data = {"items": items, "files": files, "byteorder": sys.byteorder}
+        metadata.storage_data = {
+            "items": items,
+            "files": files,
+            "byteorder": sys.byteorder,
+            "digest": ITEM_DIGEST,
+        }
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -207,13 +256,13 @@ class ShardWriter(StorageWriter):
 
 class ShardReader(StorageReader):
     """Reads the items a DCP load asks for, each once, through ``read_file``, which checks
-    every item against its SHA-256 before handing it over.
+    every item against its digest before handing it over.
 
     Args:
         metadata: the metadata of the save (:func:`decode_metadata`).
         read_file: ``read_file(name, spans, on_span)``: reads the ``(start, length,
-            sha256)`` spans of ``name`` in order and calls ``on_span(index, bytes)`` for
-            each, once its digest matched.
+            digest, into)`` spans of ``name`` in order (``digest`` an :class:`ItemDigest`)
+            and calls ``on_span(index, bytes)`` for each, once its digest matched.
     """
 
     def __init__(self, metadata: Metadata, read_file: ReadFile):
@@ -226,6 +275,7 @@ class ShardReader(StorageReader):
                 f"the checkpoint's tensors are stored {order}-endian, this machine is "
                 f"{sys.byteorder}-endian"
             )
+        self._digest = metadata.storage_data.get("digest", "sha256")
         self._where = {
             key: (file, start, length, dtype, shape, sha)
             for key, file, start, length, dtype, shape, sha in metadata.storage_data["items"]
@@ -249,7 +299,7 @@ class ShardReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        # file -> stored item (start, length, dtype, shape, sha256) -> the requests it serves
+        # file -> stored item (start, length, dtype, shape, digest) -> the requests it serves
         per_file: dict[str, dict[tuple, list]] = {}
         for req in plan.items:
             file, *stored = self._where[_index_key(req.storage_index)]
@@ -258,7 +308,12 @@ class ShardReader(StorageReader):
             stored = sorted(by_item, key=lambda it: it[0])  # in file order
             direct = [_direct_target(it, by_item[it], planner) for it in stored]
             spans = [
-                (start, length, sha, None if t is None else _bytes_of(t))
+                (
+                    start,
+                    length,
+                    ItemDigest(self._digest, sha),
+                    None if t is None else _bytes_of(t),
+                )
                 for (start, length, _, _, sha), t in zip(stored, direct)
             ]
 
@@ -336,10 +391,6 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def _sha256(data: memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -388,7 +439,8 @@ def encode_metadata(metadata: Metadata) -> dict[str, Any]:
     """The metadata of a save as lists, dicts, numbers and strings.
 
     Keeps what loading needs: each entry's kind, dtype, global size and chunks, and
-    where every item lies (file, offset, length); plus every file's size and SHA-256.
+    where every item lies (file, offset, length) with its digest; plus every file's size
+    and SHA-256.
 
     Example:
         >>> md = Metadata({"w": BytesStorageMetadata()}, storage_data={"items": [], "files": {}})
@@ -419,16 +471,18 @@ def encode_metadata(metadata: Metadata) -> dict[str, Any]:
         ],
         "files": {name: [size, sha] for name, (size, sha) in storage["files"].items()},
         "byteorder": storage.get("byteorder", sys.byteorder),
+        "digest": storage.get("digest", "sha256"),
     }
 
 
-def _hex64(value: Any) -> str:
+def _hex(value: Any, algorithm: str) -> str:
+    n = _HEX_LENGTH[algorithm]
     if (
         not isinstance(value, str)
-        or len(value) != 64
+        or len(value) != n
         or any(c not in "0123456789abcdef" for c in value)
     ):
-        raise ValueError(f"expected a SHA-256 (64 hex digits), got {value!r}")
+        raise ValueError(f"expected a {algorithm} digest ({n} hex digits), got {value!r}")
     return value
 
 
@@ -443,8 +497,11 @@ def decode_metadata(data: Any) -> Metadata:
         ValueError: ``data`` is not metadata this version can read.
     """
     try:
-        if data["format"] != FORMAT:
-            raise ValueError(f"expected format {FORMAT}, got {data['format']!r}")
+        if data["format"] not in (1, FORMAT):
+            raise ValueError(f"expected format 1 or {FORMAT}, got {data['format']!r}")
+        digest = "sha256" if data["format"] == 1 else data["digest"]
+        if digest not in _DIGESTS:
+            raise ValueError(f"expected an item digest in {sorted(_DIGESTS)}, got {digest!r}")
         entries: dict[str, Any] = {}
         for fqn, e in data["entries"].items():
             if e["kind"] == "bytes":
@@ -469,7 +526,7 @@ def decode_metadata(data: Any) -> Metadata:
                 int(length),
                 dtype,
                 None if shape is None else tuple(int(n) for n in shape),
-                _hex64(sha),
+                _hex(sha, digest),
             )
             for fqn, off, file, start, length, dtype, shape, sha in data["items"]
         ]
@@ -481,6 +538,6 @@ def decode_metadata(data: Any) -> Metadata:
         raise ValueError(f"damaged sharded-state metadata: {type(e).__name__}: {e}") from None
     return Metadata(
         state_dict_metadata=entries,
-        storage_data={"items": items, "files": files, "byteorder": byteorder},
+        storage_data={"items": items, "files": files, "byteorder": byteorder, "digest": digest},
         version=data.get("version"),
     )

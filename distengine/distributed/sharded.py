@@ -433,14 +433,14 @@ def load_state(
     state: dict[str, Any],
     metadata: Any,
     read_file: Callable[
-        [str, list[tuple[int, int, str, Any]], Callable[[int, memoryview], None]], None
+        [str, list[tuple[int, int, Any, Any]], Callable[[int, memoryview], None]], None
     ],
     strict: bool = True,
     group: Any = None,
 ) -> None:
     """Fills ``state`` (the target's own state dicts, DTensors included) from a save made by
     :func:`save_state` at any world size; a collective. Each rank reads only the chunks its
-    shards need, through ``read_file``, each checked against its own SHA-256 (a chunk that
+    shards need, through ``read_file``, each checked against its own digest (a chunk that
     fills a target tensor exactly is read into it in place, then checked: after a failed
     load the objects may hold part of the checkpoint; load a good one).
 
@@ -448,7 +448,7 @@ def load_state(
         state: ``{key: state dict}``, filled in place.
         metadata: what :func:`save_state` returned.
         read_file: ``read_file(name, spans, on_span)``: reads the ``(start, length,
-            sha256, into)`` spans of file ``name`` in order (into ``into``, a target
+            digest, into)`` spans of file ``name`` in order (``digest`` an ``ItemDigest``; into ``into``, a target
             tensor's bytes, when given), checks each against its digest (raising on a
             mismatch) and calls ``on_span(index, bytes)``.
         strict: also refuse entries of the checkpoint that the target does not have.

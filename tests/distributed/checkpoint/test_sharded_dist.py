@@ -239,7 +239,7 @@ def test_saved_at_2_loads_bitwise_at_2_1_and_3_and_damage_is_refused(tmp_path, s
             "/checkpoint_2.pt"
         )
         assert r["local_refused"] is not None and corrupt in r["local_refused"], r
-        assert "SHA-256 mismatch" in r["local_refused"], r
+        assert "xxh3_128 mismatch in bytes" in r["local_refused"], r
         assert r["s3_refused"] is not None and deleted in r["s3_refused"], r
     assert record[0]["local_warned"] and record[0]["s3_warned"]  # rank 0 lists and warns
     assert "call 'load' on every rank" in record[0]["lone"]
@@ -286,6 +286,48 @@ def test_a_rank_killed_during_an_async_sharded_write_leaves_the_previous_checkpo
     with pytest.warns(RuntimeWarning, match="per-rank state"):
         Checkpoint.load_objects({"model": model, "optimizer": opt, "trainer": trainer}, latest)
     assert trainer.state.iteration == 1
+
+
+def _async_copy_failure_job(local_rank: int, d: str) -> dict:
+    from distengine.distributed import sharded as dsh
+
+    model, opt = _build(0)
+    trainer = _trainer(model, opt)
+    handler = Checkpoint(
+        {"model": model, "optimizer": opt, "trainer": trainer}, d, n_saved=2, async_save=True
+    )
+    seen = {}
+    real_stage = dsh.stage
+
+    def failing_stage(state, reuse=None):
+        raise MemoryError("no room for the copy")
+
+    for iteration in (1, 2, 3):
+        trainer.state.iteration = iteration
+        if iteration == 2 and idist.get_rank() == 1:
+            dsh.stage = failing_stage  # this rank cannot copy its shards, once
+        try:
+            handler(trainer)
+            handler.wait()
+            seen[iteration] = "saved"
+        except Exception as e:
+            seen[iteration] = f"{type(e).__name__}: {e}"
+        finally:
+            dsh.stage = real_stage
+    seen["latest"] = os.path.basename(Checkpoint.latest(d))
+    return seen
+
+
+def test_a_rank_that_cannot_copy_its_shards_fails_the_async_save_on_every_rank(tmp_path):
+    d = str(tmp_path / "ckpt")
+    results = idist.spawn(_async_copy_failure_job, 2, backend="gloo", args=(d,))
+    for r in results:  # raised on both ranks, before anything was written; the next save works
+        assert r[1] == "saved" and r[3] == "saved", r
+        assert r[2].startswith("CheckpointSaveError") and "rank 1: MemoryError" in r[2], r
+        assert r["latest"] == "checkpoint_3.pt", r
+    files = sorted(os.listdir(d))
+    assert not any(f.startswith("checkpoint_2.") for f in files), files
+    assert "checkpoint_1.pt.manifest.json" in files and "checkpoint_3.pt.manifest.json" in files
 
 
 CONFIGS = {"fp32": (None, 1), "accumulate": (None, 2), "amp": ("amp", 1)}
