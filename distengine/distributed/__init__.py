@@ -15,6 +15,7 @@ Example:
 from typing import Any
 
 from .agreement import (
+    AgreementChannel,
     PendingAgreement,
     agree_flags,
     check_in_sync,
@@ -60,6 +61,7 @@ from .wrapping import auto_model, auto_optim
 
 __all__ = [
     "Parallel",
+    "AgreementChannel",
     "PendingAgreement",
     "agree_flags",
     "all_gather",

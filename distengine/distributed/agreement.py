@@ -6,11 +6,26 @@ never forces a GPU synchronisation. Each marks itself in flight for the hang wat
 no syscall. :func:`start_agreement` starts the OR without waiting for it (the engine
 overlaps it with the next iteration); its mark holds the pending work, so the watchdog
 counts it as waited for only while the work has not completed.
+
+**Riding on the gradients.** A collective of its own costs an iteration more than its
+bytes: on a host whose cores are all busy training (CPU jobs), waking the communication
+threads of every rank for 8 bytes costs milliseconds, overlapped or not. So a CPU model
+wrapped in DDP by ``auto_model`` (:func:`ride_gradients`) gets a DDP communication hook
+that reduces gradients exactly as DDP does (multiply by 1/world size, sum) and appends to
+the last bucket of each backward pass the bits of the agreement armed at that moment
+(one element per bit: summed over ranks, a bit is set when its sum is positive). An
+:class:`AgreementChannel` arms such a *ride* instead of starting a collective; reading it
+after the next backward costs nothing. When no backward pass carried it (an evaluator, a
+``no_sync`` step, another model), the read falls back to the blocking collective and the
+channel starts real collectives from then on; every rank runs the same program, so every
+rank rides or falls back at the same iteration. A comm hook the user registers later
+replaces the ride (the agreement then uses collectives again).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -21,10 +36,12 @@ from .collectives import _collective_runtime
 from .hangs import IN_FLIGHT, watch_collective
 
 __all__ = [
+    "AgreementChannel",
     "PendingAgreement",
     "agree_flags",
     "check_in_sync",
     "rendezvous_check",
+    "ride_gradients",
     "start_agreement",
 ]
 
@@ -165,6 +182,188 @@ def start_agreement(flags: int) -> PendingAgreement:
     w.thread = _get_ident()
     w.work = work
     return PendingAgreement(None, rt, buf, work)
+
+
+# --- agreements riding on DDP's gradient all-reduce ----------------------------------------
+_BITS = 63  # flags are < 2**63: one element per bit, the same count on every rank
+
+
+class _Ride:
+    """One armed agreement: the flags the next backward pass carries, and what came back."""
+
+    __slots__ = ("flags", "result", "fired")
+
+    def __init__(self, flags: int):
+        self.flags = flags
+        self.result = 0
+        self.fired = False
+
+    def is_completed(self) -> bool:  # for the hang watchdog: waiting only until it came back
+        return self.fired
+
+
+_armed: list[_Ride | None] = [None]  # the ride the next last bucket carries (one per process)
+_BIT_VALUES = torch.tensor([1 << i for i in range(_BITS)], dtype=torch.int64)
+
+
+class _HookState:
+    """A hooked DDP model's group and the comm hook the user registered after ours, if any."""
+
+    __slots__ = ("group", "scale", "user", "__weakref__")
+
+    def __init__(self, group: Any, world: int):
+        self.group = group
+        self.scale = 1.0 / world
+        self.user: tuple[Any, Any] | None = None
+
+
+def _reduced(fut: Any) -> torch.Tensor:
+    return fut.value()[0]
+
+
+def _ride_hook(state, bucket):  # type: ignore[no-untyped-def]
+    """DDP's reduction (gradients times 1/world size, then summed, as DDP does without a
+    hook), with the armed ride's bits appended to the last bucket.
+
+    (``_HookState``, ``dist.GradBucket`` -> ``Future[Tensor]``: not annotated, since DDP
+    checks a hook's annotations as objects and this module's are strings.)"""
+    if state.user is not None:
+        hook, user_state = state.user
+        return hook(user_state, bucket)
+    buf = bucket.buffer()
+    ride = _armed[0] if bucket.is_last() else None
+    if ride is None or ride.fired or buf.device.type != "cpu" or not buf.is_floating_point():
+        buf.mul_(state.scale)
+        work = dist.all_reduce(buf, group=state.group, async_op=True)
+        return work.get_future().then(_reduced)
+    n = buf.numel()
+    joined = torch.empty(n + _BITS, dtype=buf.dtype)
+    torch.mul(buf, state.scale, out=joined[:n])
+    joined[n:] = (ride.flags & _BIT_VALUES).ne(0)
+    work = dist.all_reduce(joined, group=state.group, async_op=True)
+
+    def done(fut: Any) -> torch.Tensor:
+        out = fut.value()[0]
+        ride.result |= int(_BIT_VALUES[out[n:] > 0].sum())
+        ride.fired = True
+        return out[:n]
+
+    return work.get_future().then(done)
+
+
+def ride_gradients(model: Any) -> bool:
+    """Lets the agreements of this job ride on ``model``'s gradient all-reduce (see the
+    module docstring); for a CPU ``DistributedDataParallel`` model on distengine's group.
+
+    Returns whether the hook was registered (``False``: a model on another device, or no
+    distengine runtime; agreements then use collectives of their own). A comm hook
+    registered on ``model`` afterwards (``register_comm_hook`` or
+    ``register_builtin_comm_hook``) replaces the ride.
+    """
+    rt = _collective_runtime()
+    params = list(model.parameters())
+    if rt is None or not params or any(p.device.type != "cpu" for p in params):
+        return False
+    group = model.process_group
+    state = _HookState(group, dist.get_world_size(group))
+    model.register_comm_hook(state, _ride_hook)
+    _take_over_hook_registration(model, state)
+    rt.rides = True
+    return True
+
+
+def _take_over_hook_registration(model: Any, state: _HookState) -> None:
+    """A hook the user registers later (DDP takes one only) replaces the ride. (The model
+    keeps only a weak reference to ``state``, which holds the process group: at finalize the
+    group must be free to go, with its threads.)"""
+    ref = weakref.ref(state)
+
+    def register_comm_hook(user_state: object, hook: Any) -> None:
+        st = ref()
+        if st is None or st.user is not None:
+            raise RuntimeError(
+                "register_comm_hook or register_builtin_comm_hook can only be called once."
+            )
+        st.user = (hook, user_state)
+
+    def register_builtin_comm_hook(comm_hook_type: Any) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hooks = {
+            dist.BuiltinCommHookType.ALLREDUCE: default_hooks.allreduce_hook,
+            dist.BuiltinCommHookType.FP16_COMPRESS: default_hooks.fp16_compress_hook,
+        }
+        if comm_hook_type not in hooks:
+            raise ValueError(f"unknown built-in comm hook {comm_hook_type!r}")
+        st = ref()
+        register_comm_hook(None if st is None else st.group, hooks[comm_hook_type])
+
+    model.register_comm_hook = register_comm_hook
+    model.register_builtin_comm_hook = register_builtin_comm_hook
+
+
+class _RidingAgreement:
+    """A ride armed by :meth:`AgreementChannel.start`; :meth:`wait` as
+    :meth:`PendingAgreement.wait`."""
+
+    __slots__ = ("_channel", "_ride", "_result")
+
+    def __init__(self, channel: AgreementChannel, ride: _Ride):
+        self._channel, self._ride, self._result = channel, ride, None
+
+    def is_completed(self) -> bool:
+        return self._ride.fired or self._result is not None
+
+    def wait(self) -> int:
+        if self._result is not None:
+            return self._result
+        ride = self._ride
+        if _armed[0] is ride:
+            _armed[0] = None
+        w = IN_FLIGHT
+        if w.work is ride:
+            w.name = None
+            w.work = None
+        if ride.fired:
+            self._result = ride.result
+        else:  # no backward pass carried it (on no rank): agree now, and no more rides
+            self._channel.riding = False
+            self._result = agree_flags(ride.flags)
+        return self._result
+
+
+class AgreementChannel:
+    """The overlapped agreements of one engine run: :meth:`start` is :func:`start_agreement`,
+    riding on the gradient all-reduce while rides are carried (module docstring).
+
+    Every rank must create its channel at the same point of the program and start the same
+    agreements in the same order (as with :func:`start_agreement`).
+
+    Example:
+        >>> import distengine.distributed as idist
+        >>> channel = idist.AgreementChannel()
+        >>> channel.start(0b10).wait()  # alone; with another rank passing 0b01: 0b11
+        2
+    """
+
+    __slots__ = ("riding",)
+
+    def __init__(self) -> None:
+        rt = _collective_runtime()
+        self.riding = rt is not None and rt.rides
+
+    def start(self, flags: int) -> PendingAgreement | _RidingAgreement:
+        """Starts the OR of ``flags`` over all ranks; ``wait()`` on the result reads it."""
+        if not self.riding:
+            return start_agreement(flags)
+        _check_flags(flags)
+        ride = _armed[0] = _Ride(flags)
+        w = IN_FLIGHT  # the watchdog counts this rank as waiting until the ride comes back
+        w.seq += 1
+        w.name = "agreement"
+        w.thread = _get_ident()
+        w.work = ride
+        return _RidingAgreement(self, ride)
 
 
 def check_in_sync(values: tuple[int, ...], names: tuple[str, ...]) -> None:

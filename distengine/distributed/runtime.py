@@ -94,6 +94,10 @@ class Runtime:
     agreement_buffers: list[torch.Tensor] = field(default_factory=list)
     # how often each rendezvous_check tag was used with this group (agreement.py)
     rendezvous_counts: dict[str, int] = field(default_factory=dict)
+    # whether a CPU DDP model of this group carries agreements in its gradient all-reduce
+    # (agreement.py: ride_gradients); never reset while the group lives, so that every rank
+    # of a program decides alike whether to ride
+    rides: bool = False
 
     @property
     def hosts_store(self) -> bool:

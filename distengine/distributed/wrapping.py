@@ -11,6 +11,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import queries, sharded
+from .agreement import ride_gradients
 from .teardown import track_ddp_module
 
 __all__ = ["auto_model", "auto_optim"]
@@ -105,6 +106,7 @@ def auto_model(
         kwargs.setdefault("device_ids", [dev.index])
     wrapped = DistributedDataParallel(model, **kwargs)
     track_ddp_module(wrapped)
+    ride_gradients(wrapped)  # on CPU: the engine's agreements ride on its all-reduce
     return wrapped
 
 

@@ -108,7 +108,8 @@ class Engine(EventRegistry):
         self.sync_check_every = sync_check_every
         self.logger = logging.getLogger(__name__ + "." + self.__class__.__name__)
         self._stop = _NONE  # requests made (and, at world size > 1, agreed) in this run
-        self._pending: idist.PendingAgreement | None = None  # the overlapped agreement
+        self._pending: Any = None  # the overlapped agreement (anything with wait() -> int)
+        self._channel: idist.AgreementChannel | None = None  # this run's agreements
         self._state_dict_user_keys: list[str] = []
         self._rank_state = RankState()
         self._pos = RunPosition(self.state)
@@ -582,6 +583,9 @@ class Engine(EventRegistry):
         multi = idist.get_world_size() > 1
         self._stop = _NONE
         self._pending = None
+        # the run's overlapped agreements (riding on a CPU DDP model's gradient all-reduce
+        # while its backward passes carry them; see distributed/agreement.py)
+        self._channel = idist.AgreementChannel() if multi else None
         s.preempted = False
         pos.loaded = pos.terminated = False
         s.times[Events.EPOCH_COMPLETED.name] = 0.0
@@ -647,7 +651,7 @@ class Engine(EventRegistry):
         check_every = self.sync_check_every if multi else None
         local_checks = not multi
         overlap = multi and self.overlap_agreement
-        start_agreement = idist.start_agreement
+        start_agreement = self._channel.start if multi else idist.start_agreement
         counter = done_before
         length = s.epoch_length
         max_iters = s.max_iters
