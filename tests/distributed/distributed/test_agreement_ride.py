@@ -66,8 +66,8 @@ def _ride_job(local_rank: int) -> dict:
     def user_hook(state, bucket):
         calls.append(bucket.index())
         t = bucket.buffer().div_(idist.get_world_size())
-        return torch.distributed.all_reduce(t, async_op=True).get_future().then(
-            lambda f: f.value()[0]
+        return (
+            torch.distributed.all_reduce(t, async_op=True).get_future().then(lambda f: f.value()[0])
         )
 
     riding.register_comm_hook(None, user_hook)
