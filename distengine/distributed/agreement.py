@@ -11,9 +11,13 @@ counts it as waited for only while the work has not completed.
 bytes: on a host whose cores are all busy training (CPU jobs), waking the communication
 threads of every rank for 8 bytes costs milliseconds, overlapped or not. So a CPU model
 wrapped in DDP by ``auto_model`` (:func:`ride_gradients`) gets a DDP communication hook
-that reduces gradients exactly as DDP does (multiply by 1/world size, sum) and appends to
-the last bucket of each backward pass the bits of the agreement armed at that moment
-(one element per bit: summed over ranks, a bit is set when its sum is positive). An
+that reduces gradients as DDP does (multiply by 1/world size, sum) and appends to
+the first bucket of each backward pass (bucket 0: DDP caps it at 1 MiB by default, so the
+copy it takes is small) the bits of the agreement armed at that moment (one element per
+bit: summed over ranks, a bit is set when its sum is positive; zeros when none is armed,
+so every backward pass reduces the same lengths). At world size 2 the weights are bitwise
+those of DDP alone; from 3 ranks on, gloo may order a sum differently for the longer
+bucket (equal to float rounding), the same way in every iteration and every run. An
 :class:`AgreementChannel` arms such a *ride* instead of starting a collective; reading it
 after the next backward costs nothing. When no backward pass carried it (an evaluator, a
 ``no_sync`` step, another model), the read falls back to the blocking collective and the
@@ -202,7 +206,7 @@ class _Ride:
         return self.fired
 
 
-_armed: list[_Ride | None] = [None]  # the ride the next last bucket carries (one per process)
+_armed: list[_Ride | None] = [None]  # the ride the next bucket 0 carries (one per process)
 _BIT_VALUES = torch.tensor([1 << i for i in range(_BITS)], dtype=torch.int64)
 
 
@@ -223,7 +227,11 @@ def _reduced(fut: Any) -> torch.Tensor:
 
 def _ride_hook(state, bucket):  # type: ignore[no-untyped-def]
     """DDP's reduction (gradients times 1/world size, then summed, as DDP does without a
-    hook), with the armed ride's bits appended to the last bucket.
+    hook), with 63 elements appended to bucket 0 (reduced once per backward pass, and
+    small): the armed ride's bits, or zeros when none is armed. Always appended, so that
+    every backward pass reduces buffers of the same lengths: with three ranks or more the
+    order in which a sum is taken depends on the buffer's length, and an exact resume needs
+    the same sums whether or not a ride was armed.
 
     (``_HookState``, ``dist.GradBucket`` -> ``Future[Tensor]``: not annotated, since DDP
     checks a hook's annotations as objects and this module's are strings.)"""
@@ -231,21 +239,27 @@ def _ride_hook(state, bucket):  # type: ignore[no-untyped-def]
         hook, user_state = state.user
         return hook(user_state, bucket)
     buf = bucket.buffer()
-    ride = _armed[0] if bucket.is_last() else None
-    if ride is None or ride.fired or buf.device.type != "cpu" or not buf.is_floating_point():
+    if bucket.index() != 0 or buf.device.type != "cpu" or not buf.is_floating_point():
         buf.mul_(state.scale)
         work = dist.all_reduce(buf, group=state.group, async_op=True)
         return work.get_future().then(_reduced)
+    ride = _armed[0]
+    if ride is not None and ride.fired:
+        ride = None  # carried already (a second backward pass in the same iteration)
     n = buf.numel()
     joined = torch.empty(n + _BITS, dtype=buf.dtype)
     torch.mul(buf, state.scale, out=joined[:n])
-    joined[n:] = (ride.flags & _BIT_VALUES).ne(0)
+    if ride is None:
+        joined[n:] = 0
+    else:
+        joined[n:] = (ride.flags & _BIT_VALUES).ne(0)
     work = dist.all_reduce(joined, group=state.group, async_op=True)
 
     def done(fut: Any) -> torch.Tensor:
         out = fut.value()[0]
-        ride.result |= int(_BIT_VALUES[out[n:] > 0].sum())
-        ride.fired = True
+        if ride is not None:
+            ride.result |= int(_BIT_VALUES[out[n:] > 0].sum())
+            ride.fired = True
         return out[:n]
 
     return work.get_future().then(done)
