@@ -23,11 +23,11 @@ It prints one markdown table:
   state, alternated; the loads (``Checkpoint.load_objects``: every chunk read checked
   against its digest, resharding planner) vs ``dcp.load`` + ``set_state_dict``; and the
   async stall (call + slowdown of the training steps run during the background write, on
-  every rank, against the mean of the windows just before and just after) against the
-  sync save time.
+  every rank, against the mean of the windows just before and just after, net of the same
+  measurement in control rounds without a save) against the sync save time.
 
-Each figure is the median of ``--repeat`` runs (the sharded async rows: ``4 * --repeat``
-rounds, with quartiles).
+Each figure is the median of ``--repeat`` runs (the sharded async rows: ``6 * --repeat``
+rounds with a save alternating with as many control rounds, with quartiles).
 """
 
 from __future__ import annotations
@@ -262,20 +262,27 @@ def _sharded_job(local_rank: int, mb: int, repeat: int, d: str) -> list[tuple[st
     handler = Checkpoint(to_save, DiskSaver(os.path.join(d, "async")), n_saved=1, async_save=True)
     steps = max(1, round(t_ours / median_time(lambda: train_steps(1), 3)))
     # Each window of training steps during a write is compared with the windows just before
-    # the call and just after the write (their mean: a drift of the machine's speed cancels);
-    # windows of training on both ranks of these 2 shared cores vary by +-20%, hence 4x the
-    # rounds of the other rows and the quartiles printed with the median.
-    calls, extras = [], []
-    for i in range(4 * repeat):
+    # the call and just after the write (their mean: a drift of the machine's speed cancels).
+    # Windows of training on both ranks of these 2 shared cores vary by +-20%, hence 6x the
+    # rounds of the other rows and the quartiles printed with the median; and rounds with a
+    # save alternate with control rounds (the same windows and collective, no save), whose
+    # median is the measurement's own bias: the slowdown is the difference of the medians.
+    calls, extras, controls = [], [], []
+    for i in range(12 * repeat):
+        save = i % 2 == 0
         before = _barrier_time(lambda: train_steps(steps))
         engine.state.iteration = 1000 + i
-        calls.append(_slowest_rank_time(lambda: handler(engine)))
+        call = _slowest_rank_time(lambda save=save: handler(engine) if save else None)
         during = _barrier_time(lambda: train_steps(steps))
         handler.wait()
         after = _barrier_time(lambda: train_steps(steps))
-        extras.append(during - (before + after) / 2)
-    t_call, t_extra = statistics.median(calls), max(0.0, statistics.median(extras))
+        (extras if save else controls).append(during - (before + after) / 2)
+        if save:
+            calls.append(call)
+    t_call = statistics.median(calls)
+    t_extra = max(0.0, statistics.median(extras) - statistics.median(controls))
     q1, _, q3 = statistics.quantiles(extras, n=4)
+    c1, _, c3 = statistics.quantiles(controls, n=4)
     return [
         ("sharded: state size (2 ranks, FSDP2 + AdamW)", f"{size / 1e6:.0f} MB"),
         (
@@ -298,10 +305,15 @@ def _sharded_job(local_rank: int, mb: int, repeat: int, d: str) -> list[tuple[st
         ("sharded: load throughput vs dcp.load (target >= 0.8x)", f"{t_plain_load / t_load:.2f}x"),
         ("sharded async: call (copy shards to CPU, agree; slowest rank)", f"{t_call * 1e3:.0f} ms"),
         (
-            f"sharded async: slowdown of {steps} training steps during the write "
-            "(median; quartiles)",
-            f"{t_extra * 1e3:.0f} ms ({q1 * 1e3:.0f} / {q3 * 1e3:.0f} ms)",
+            f"sharded async: {steps} training steps during the write vs the windows around "
+            "them (median; quartiles)",
+            f"{statistics.median(extras) * 1e3:+.0f} ms ({q1 * 1e3:+.0f} / {q3 * 1e3:+.0f} ms)",
         ),
+        (
+            "sharded async: the same in control rounds without a save (median; quartiles)",
+            f"{statistics.median(controls) * 1e3:+.0f} ms ({c1 * 1e3:+.0f} / {c3 * 1e3:+.0f} ms)",
+        ),
+        ("sharded async: slowdown (difference of the medians)", f"{t_extra * 1e3:.0f} ms"),
         (
             "sharded async stall / sync save time (target <= 10%)",
             f"{(t_call + t_extra) / t_ours:.1%}",

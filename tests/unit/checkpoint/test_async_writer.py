@@ -90,16 +90,44 @@ def test_jobs_run_one_after_another_in_submission_order():
     assert order == [0, 1, 2]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
-def test_the_writer_thread_runs_at_nice_19_and_the_caller_keeps_its_priority():
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread policy is Linux-only")
+def test_the_writer_and_the_threads_it_starts_run_as_idle_work_and_the_caller_does_not():
+    mine = os.sched_getscheduler(threading.get_native_id())
     seen = {}
 
+    def policy(key):
+        seen[key] = os.sched_getscheduler(threading.get_native_id())
+
     def job():
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        policy("writer")
+        helper = threading.Thread(target=policy, args=("helper",))  # e.g. the SHA-256 thread
+        helper.start()
+        helper.join()
 
     w = BackgroundWriter()
     w.submit(job)
     assert w.wait() is None
-    assert seen["nice"] == 19  # raising one's own nice value is always permitted
+    # Switching one's own thread to SCHED_IDLE is always permitted; new threads inherit it.
+    assert seen == {"writer": os.SCHED_IDLE, "helper": os.SCHED_IDLE}
+    assert os.sched_getscheduler(threading.get_native_id()) == mine != os.SCHED_IDLE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_where_sched_idle_is_refused_the_writer_runs_at_nice_19(monkeypatch):
+    def refuse(*args):
+        raise PermissionError("refused by a seccomp profile")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def job():
+        tid = threading.get_native_id()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["policy"] = os.sched_getscheduler(tid)
+
+    w = BackgroundWriter()
+    w.submit(job)
+    assert w.wait() is None
+    assert seen == {"nice": 19, "policy": os.SCHED_OTHER}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
