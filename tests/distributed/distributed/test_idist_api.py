@@ -239,10 +239,11 @@ def test_adopted_groups_are_followed_when_destroyed_and_recreated():
     """A program that creates, destroys and re-creates groups itself (Ignite's test fixtures
     do this): idist follows each group, set_local_rank applies, and sync() re-adopts."""
     port = free_port()
-    envs = [
-        _no_launcher_env({"ARG_RANK": str(r), "ARG_WORLD": "2", "ARG_PORT": str(port)})
-        for r in range(2)
-    ]
+    port2 = free_port()
+    while port2 == port:
+        port2 = free_port()
+    ports = {"ARG_PORT": str(port), "ARG_PORT2": str(port2)}
+    envs = [_no_launcher_env({"ARG_RANK": str(r), "ARG_WORLD": "2", **ports}) for r in range(2)]
     cmd = [sys.executable, str(SCRIPTS / "regrouping.py")]
     results = run_processes([cmd] * 2, envs, timeout=90)
     for r in results:
