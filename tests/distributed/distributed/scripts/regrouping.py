@@ -1,9 +1,9 @@
 """A program that creates and destroys process groups itself, as Ignite's test fixtures do.
 
-Environment: ARG_RANK, ARG_WORLD, ARG_PORT, ARG_PORT2 (no launcher variables). distengine adopts
-each group, notices when it is destroyed (a job of one again) and adopts the next one;
-``set_local_rank`` sets the local rank of an adopted group; ``sync`` re-adopts after
-``finalize``. Prints ``OK rank``.
+Environment: ARG_RANK, ARG_WORLD, ARG_PORT, ARG_PORT2 (the stores of the first and the
+second group; no launcher variables). distengine adopts each group, notices when it is
+destroyed (a job of one again) and adopts the next one; ``set_local_rank`` sets the local
+rank of an adopted group; ``sync`` re-adopts after ``finalize``. Prints ``OK rank``.
 """
 
 import os
